@@ -1,0 +1,1 @@
+"""vlmodel: a compact reference Qwen2-VL / Qwen2.5-VL in plain PyTorch."""

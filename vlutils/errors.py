@@ -1,0 +1,114 @@
+"""Typed exceptions for every way a vision input can fail.
+
+All of them derive from :class:`VisionInputError`, itself a ``ValueError`` so that
+code written against qwen-vl-utils (which raised bare ``ValueError``) keeps working.
+Each message names the offending input (shortened) and, when known, its position
+in the conversation, e.g. ``conversation 0, message 1, item 2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MAX_LABEL = 120
+
+
+def describe_source(source: Any, limit: int = _MAX_LABEL) -> str:
+    """A short, printable description of a source for error messages and logs."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, str):
+        text = source
+        if text.startswith("data:") and "," in text:
+            head = text.split(",", 1)[0]
+            text = f"{head},<{len(source) - len(head) - 1} chars>"
+        elif len(text) > limit and not text.startswith(("http://", "https://", "file://", "/")):
+            text = f"<string of {len(text)} chars>"
+    else:
+        cls = type(source).__name__
+        shape = getattr(source, "shape", None) or getattr(source, "size", None)
+        text = f"<{cls} {tuple(shape)}>" if shape is not None and not callable(shape) else f"<{cls}>"
+    if len(text) > limit:
+        half = (limit - 3) // 2
+        text = text[:half] + "..." + text[-half:]
+    return text
+
+
+class VisionInputError(ValueError):
+    """Base class: a vision input (image, video, or the message holding it) is unusable."""
+
+    def __init__(self, reason: str, source: Any = None, position: str | None = None):
+        self.reason = reason
+        self.source = source
+        self.position = position
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        parts = []
+        if self.position:
+            parts.append(self.position)
+        if self.source is not None:
+            parts.append(describe_source(self.source))
+        prefix = ": ".join(parts)
+        return f"{prefix}: {self.reason}" if prefix else self.reason
+
+    def with_position(self, position: str) -> "VisionInputError":
+        """Attach where in the conversation the failing item sits (keeps the type)."""
+        if self.position is None:
+            self.position = position
+            self.args = (self._format(),)
+        return self
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return (_rebuild, (type(self), self.reason, self.source_label(), self.position))
+
+    def source_label(self) -> str | None:
+        return None if self.source is None else describe_source(self.source)
+
+
+def _rebuild(cls, reason, source, position):
+    return cls(reason, source, position)
+
+
+class InvalidMessageError(VisionInputError):
+    """The conversation structure is malformed (missing/ill-typed fields, unknown content)."""
+
+
+class InvalidOptionError(VisionInputError):
+    """An option such as min_pixels, fps or nframes is of the wrong type or out of range."""
+
+
+class UnsupportedSourceError(VisionInputError):
+    """The source is of a kind or scheme that cannot be read."""
+
+
+class SourceNotFoundError(VisionInputError):
+    """A local path does not exist, is a directory, or cannot be read."""
+
+
+class FetchError(VisionInputError):
+    """Downloading a URL failed (connection, HTTP status, redirects)."""
+
+
+class FetchTimeoutError(FetchError):
+    """A network operation exceeded its time limit."""
+
+
+class SizeLimitError(VisionInputError):
+    """Too many bytes, pixels or frames: the input exceeds a configured cap."""
+
+
+class DecodeError(VisionInputError):
+    """The bytes are not a decodable image/video (corrupt, truncated, wrong format, empty)."""
+
+
+class DecodeTimeoutError(DecodeError):
+    """Decoding exceeded its time limit (a hanging backend was stopped)."""
+
+
+class BackendUnavailableError(VisionInputError):
+    """The requested video backend is unknown or cannot be loaded here."""
+
+
+class UnsafeSourceError(VisionInputError):
+    """Refused by the safe-mode policy (scheme, path outside allowed roots, private address)."""
