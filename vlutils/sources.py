@@ -1,0 +1,370 @@
+"""Where media bytes come from: local paths, file:// URIs, http(s) URLs, data: URIs,
+bare base64, raw bytes, and in-memory objects (PIL images, arrays, tensors).
+
+One job: turn whatever the user put in a content item into a :class:`Source`
+(a local path, a bytes buffer, or an in-memory object) without decoding it.
+Network access has connect/read/total time limits, a byte cap and bounded retries
+on transient failures; every failure is a typed :mod:`vlutils.errors` exception
+that names the input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import io
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO, Callable, Iterator
+
+import requests
+
+from .errors import (
+    FetchError,
+    FetchTimeoutError,
+    InvalidMessageError,
+    SizeLimitError,
+    SourceNotFoundError,
+    UnsupportedSourceError,
+    VisionInputError,
+)
+
+logger = logging.getLogger(__name__)
+
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/_\-\s]+={0,2}\s*$")
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_CHUNK = 1 << 16
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Limits for reading media. Defaults can be overridden with environment variables.
+
+    ``url_check`` is called with every URL before it is requested (including each
+    redirect target); safe mode uses it to refuse private addresses.
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    total_timeout: float = 300.0
+    max_bytes: int = 512 * 1024 * 1024
+    retries: int = 2
+    backoff: float = 0.2
+    max_redirects: int = 10
+    url_check: Callable[[str], None] | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_env(cls) -> "FetchSettings":
+        """Settings from ``VLUTILS_HTTP_CONNECT_TIMEOUT``, ``VLUTILS_HTTP_TIMEOUT`` (read),
+        ``VLUTILS_HTTP_TOTAL_TIMEOUT``, ``VLUTILS_MAX_BYTES`` and ``VLUTILS_HTTP_RETRIES``."""
+        d = cls()
+        return cls(
+            connect_timeout=_env_float("VLUTILS_HTTP_CONNECT_TIMEOUT", d.connect_timeout),
+            read_timeout=_env_float("VLUTILS_HTTP_TIMEOUT", d.read_timeout),
+            total_timeout=_env_float("VLUTILS_HTTP_TOTAL_TIMEOUT", d.total_timeout),
+            max_bytes=int(_env_float("VLUTILS_MAX_BYTES", d.max_bytes)),
+            retries=int(_env_float("VLUTILS_HTTP_RETRIES", d.retries)),
+        )
+
+    def replace(self, **changes: Any) -> "FetchSettings":
+        return replace(self, **changes)
+
+
+@dataclass
+class Source:
+    """A resolved, not yet decoded, media source.
+
+    ``kind`` is one of ``"path"`` (``path`` is set), ``"bytes"`` (``data`` is set) or
+    ``"object"`` (``obj`` is a PIL image, numpy array or torch tensor). ``original``
+    is what the user passed, kept for error messages.
+    """
+
+    kind: str
+    original: Any
+    path: str | None = None
+    data: bytes | None = None
+    obj: Any = None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+_thread_state = threading.local()
+
+
+def _session() -> requests.Session:
+    """One requests session per thread (sessions are not guaranteed thread-safe)."""
+    session = getattr(_thread_state, "session", None)
+    if session is None or getattr(_thread_state, "pid", None) != os.getpid():
+        session = requests.Session()
+        session.headers["User-Agent"] = "vlutils"
+        session.trust_env = True
+        _thread_state.session = session
+        _thread_state.pid = os.getpid()
+    return session
+
+
+def download(url: str, dest: BinaryIO, settings: FetchSettings | None = None) -> int:
+    """Stream ``url`` into ``dest`` and return the number of bytes written.
+
+    Retries (bounded, with backoff) on connection failures and 5xx answers only;
+    follows redirects by hand so that each hop is checked; enforces connect/read
+    timeouts, an overall deadline and ``settings.max_bytes``.
+    """
+    settings = settings or FetchSettings.from_env()
+    attempt = 0
+    while True:
+        start_pos = dest.tell()
+        try:
+            return _download_once(url, dest, settings)
+        except _Retryable as exc:
+            attempt += 1
+            if attempt > settings.retries:
+                raise exc.error from None
+            logger.info("retrying %s after %s (attempt %d)", url, exc.error.reason, attempt)
+            dest.seek(start_pos)
+            dest.truncate()
+            time.sleep(settings.backoff * (2 ** (attempt - 1)))
+
+
+class _Retryable(Exception):
+    def __init__(self, error: FetchError):
+        self.error = error
+
+
+def _download_once(url: str, dest: BinaryIO, settings: FetchSettings) -> int:
+    deadline = time.monotonic() + settings.total_timeout
+    timeout = (settings.connect_timeout, settings.read_timeout)
+    current = url
+    for _ in range(settings.max_redirects + 1):
+        _check_http_url(current, url, settings)
+        try:
+            response = _session().get(current, stream=True, timeout=timeout, allow_redirects=False)
+        except requests.exceptions.ConnectTimeout:
+            raise _Retryable(FetchTimeoutError(f"connect timed out after {settings.connect_timeout}s", url))
+        except requests.exceptions.ReadTimeout:
+            raise FetchTimeoutError(f"no response within {settings.read_timeout}s", url) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise _Retryable(FetchError(f"connection failed: {_short(exc)}", url))
+        except requests.exceptions.RequestException as exc:
+            raise FetchError(f"request failed: {_short(exc)}", url) from None
+        with response:
+            if response.is_redirect:
+                location = response.headers.get("Location", "")
+                current = urllib.parse.urljoin(current, location)
+                continue
+            if response.status_code in _RETRY_STATUSES:
+                raise _Retryable(FetchError(f"HTTP {response.status_code} {response.reason}", url))
+            if response.status_code >= 400:
+                raise FetchError(f"HTTP {response.status_code} {response.reason}", url)
+            return _read_body(response, dest, settings, deadline, url)
+    raise FetchError(f"more than {settings.max_redirects} redirects", url)
+
+
+def _check_http_url(current: str, original: str, settings: FetchSettings) -> None:
+    scheme = urllib.parse.urlsplit(current).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise FetchError(f"redirected to unsupported scheme {scheme!r} ({current[:80]})", original)
+    if settings.url_check is not None:
+        try:
+            settings.url_check(current)
+        except VisionInputError as exc:
+            if current != original:
+                exc.reason = f"redirect to {current[:80]}: {exc.reason}"
+            exc.source = original
+            exc.args = (exc._format(),)
+            raise
+
+
+def _read_body(response: requests.Response, dest: BinaryIO, settings: FetchSettings, deadline: float, url: str) -> int:
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_bytes:
+        raise SizeLimitError(f"Content-Length {declared} exceeds the {settings.max_bytes}-byte limit", url)
+    written = 0
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            written += len(chunk)
+            if written > settings.max_bytes:
+                raise SizeLimitError(f"body exceeds the {settings.max_bytes}-byte limit", url)
+            if time.monotonic() > deadline:
+                raise FetchTimeoutError(f"download took longer than {settings.total_timeout}s", url)
+            dest.write(chunk)
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        if "timed out" in str(exc).lower():
+            raise FetchTimeoutError(f"body stalled for more than {settings.read_timeout}s", url) from None
+        raise FetchError(f"connection broken while reading body: {_short(exc)}", url) from None
+    except requests.exceptions.ChunkedEncodingError as exc:
+        raise FetchError(f"truncated body: {_short(exc)}", url) from None
+    if declared is not None and declared.isdigit() and written < int(declared):
+        raise FetchError(f"truncated body: got {written} of {declared} bytes", url)
+    return written
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def fetch_url_bytes(url: str, settings: FetchSettings | None = None) -> bytes:
+    """Download a whole URL into memory (images)."""
+    buffer = io.BytesIO()
+    download(url, buffer, settings)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------ strings
+
+
+def parse_data_uri(uri: str) -> bytes:
+    """Decode a ``data:[<mediatype>][;base64],<payload>`` URI."""
+    header, sep, payload = uri.partition(",")
+    if not sep:
+        raise UnsupportedSourceError("data URI has no ',' separating header and payload", uri)
+    if header.endswith(";base64"):
+        return decode_base64(payload, uri)
+    return urllib.parse.unquote_to_bytes(payload)
+
+
+def decode_base64(text: str, original: Any = None) -> bytes:
+    """Strict base64 (standard or URL-safe alphabet, padding optional)."""
+    compact = "".join(text.split())
+    if "-" in compact or "_" in compact:
+        compact = compact.replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise UnsupportedSourceError(f"invalid base64 data ({exc})", original if original is not None else text) from None
+    if not data:
+        raise UnsupportedSourceError("base64 payload is empty", original if original is not None else text)
+    return data
+
+
+def file_uri_to_path(uri: str) -> str:
+    """``file:///a%20b.jpg`` -> ``/a b.jpg``. Falls back to the raw text after ``file://``
+    (what qwen-vl-utils did) when only that exists on disk."""
+    raw = uri[len("file://"):]
+    parsed = urllib.parse.urlsplit(uri)
+    decoded = urllib.parse.unquote(parsed.path)
+    if parsed.netloc and parsed.netloc != "localhost":
+        decoded = urllib.parse.unquote(parsed.netloc + parsed.path)  # file://relative/path
+    if not os.path.exists(decoded) and os.path.exists(raw):
+        return raw
+    return decoded
+
+
+def _looks_like_base64(text: str) -> bool:
+    return len(text) >= 32 and not text.startswith(("/", ".", "~")) and bool(_BASE64_RE.match(text))
+
+
+def _check_local_path(path: str, original: Any) -> str:
+    if not os.path.exists(path):
+        raise SourceNotFoundError("no such file", original)
+    if os.path.isdir(path):
+        raise SourceNotFoundError("is a directory, not a file", original)
+    if not os.access(path, os.R_OK):
+        raise SourceNotFoundError("file is not readable", original)
+    return path
+
+
+def resolve_source(value: Any, settings: FetchSettings | None = None, *, download_urls: bool = True) -> Source:
+    """Classify ``value`` and fetch remote bytes. Nothing is decoded here.
+
+    With ``download_urls=False`` an http(s) URL is returned as ``kind="url"`` (``path``
+    holds the URL) so that video code can stream it to a temporary file instead.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if not data:
+            raise UnsupportedSourceError("empty bytes", value)
+        return Source("bytes", value, data=data)
+    if isinstance(value, dict) and "url" in value:  # OpenAI form {"url": ...}
+        return resolve_source(value["url"], settings, download_urls=download_urls)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        if _is_in_memory_image(value):
+            return Source("object", value, obj=value)
+        raise UnsupportedSourceError(
+            f"unsupported source type {type(value).__name__}; expected a path, URL, data URI, "
+            "base64 string, bytes, PIL.Image, numpy array or torch tensor",
+            value,
+        )
+    text = value.strip()
+    if not text:
+        raise InvalidMessageError("empty source string", value)
+    lowered = text[:12].lower()
+    if lowered.startswith(("http://", "https://")):
+        if settings is not None and settings.url_check is not None:
+            settings.url_check(text)
+        if not download_urls:
+            return Source("url", value, path=text)
+        return Source("bytes", value, data=fetch_url_bytes(text, settings))
+    if lowered.startswith("file://"):
+        return Source("path", value, path=_check_local_path(file_uri_to_path(text), value))
+    if lowered.startswith("data:"):
+        return Source("bytes", value, data=parse_data_uri(text))
+    match = _SCHEME_RE.match(text)
+    if match and len(match.group(1)) > 1 and text[len(match.group(0)):].startswith("//"):
+        raise UnsupportedSourceError(f"unsupported URL scheme {match.group(1)!r}", value)
+    if os.path.exists(text):
+        return Source("path", value, path=_check_local_path(text, value))
+    if _looks_like_base64(text):
+        return Source("bytes", value, data=decode_base64(text, value))
+    raise SourceNotFoundError("no such file (and not a URL, data URI or base64 string)", value)
+
+
+def _is_in_memory_image(value: Any) -> bool:
+    module = type(value).__module__
+    return module.startswith(("PIL.", "numpy", "torch")) and not isinstance(value, type)
+
+
+def read_limited(path: str, limit: int, original: Any) -> bytes:
+    """Read a local file fully (closing it), refusing files above ``limit`` bytes."""
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise SizeLimitError(f"file is {size} bytes, over the {limit}-byte limit", original)
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise SourceNotFoundError(f"cannot read file: {exc.strerror or exc}", original) from None
+
+
+@contextlib.contextmanager
+def local_file(value: Any, settings: FetchSettings | None = None, suffix: str = "") -> Iterator[str]:
+    """Yield a seekable local path for any byte-like source (path, file://, http(s), data:,
+    base64, bytes). Downloads and in-memory bytes go to a temporary file that is always
+    removed on exit, so every video backend can open and seek it."""
+    settings = settings or FetchSettings.from_env()
+    source = resolve_source(value, settings, download_urls=False)
+    if source.kind == "path":
+        yield source.path
+        return
+    if source.kind == "object":
+        raise UnsupportedSourceError("an in-memory object is not a file", value)
+    handle = tempfile.NamedTemporaryFile(prefix="vlutils-", suffix=suffix, delete=False)
+    try:
+        with handle:
+            if source.kind == "url":
+                download(source.path, handle, settings)
+            else:
+                handle.write(source.data)
+        if os.path.getsize(handle.name) == 0:
+            raise UnsupportedSourceError("source is empty (0 bytes)", value)
+        yield handle.name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
