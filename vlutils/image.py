@@ -149,6 +149,11 @@ def fetch_image(ele: dict, image_patch_size: int = 14) -> Image.Image:
     Same signature and result as ``qwen_vl_utils.fetch_image``: a PIL RGB image whose
     sides are multiples of ``image_patch_size * 2``.
     """
+    return load_image_item(ele, image_patch_size)[0]
+
+
+def load_image_item(ele: dict, image_patch_size: int = 14) -> tuple[Image.Image, tuple[int, int]]:
+    """``fetch_image`` that also returns the original ``(width, height)`` (after EXIF orientation)."""
     if not isinstance(ele, dict):
         raise InvalidMessageError(f"content item must be a dict, got {type(ele).__name__}", ele)
     check_number("image_patch_size", image_patch_size, integer=True)
@@ -158,14 +163,12 @@ def fetch_image(ele: dict, image_patch_size: int = 14) -> Image.Image:
     width, height = image.size
     try:
         resized_height, resized_width = resolve_image_size(ele, height, width, factor)
-    except InvalidOptionError as exc:
-        raise exc if exc.source is not None else type(exc)(exc.reason, value)
-    except SizeLimitError as exc:
-        raise SizeLimitError(exc.reason, value) from None
+    except (InvalidOptionError, SizeLimitError) as exc:
+        raise type(exc)(exc.reason, value) from None
     if resized_height <= 0 or resized_width <= 0:
         raise InvalidOptionError(
             f"options give an empty target size {resized_width}x{resized_height} (max_pixels too small?)", value
         )
     if (resized_width, resized_height) == image.size and image is not value:
-        return image
-    return image.resize((resized_width, resized_height))
+        return image, (width, height)
+    return image.resize((resized_width, resized_height)), (width, height)

@@ -1,0 +1,165 @@
+"""``python -m vlutils MESSAGES.json``: load every image and video of a messages file and report
+sizes, visual tokens and timings per item.
+
+Relative paths in the file are looked up in the current directory first, then next to the
+messages file, so a fixtures file works from anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
+from .errors import VisionInputError, describe_source
+from .image import image_source, load_image_item
+from .messages import VisionItem, iter_vision_items
+from .vision_process import _workers
+
+logger = logging.getLogger("vlutils.cli")
+
+_SOURCE_KEYS = ("image", "image_url", "video", "video_url")
+
+
+def _rebase_paths(conversations: Any, base_dir: str) -> None:
+    """Point relative paths that do not exist in the CWD at ``base_dir`` instead (in place)."""
+    for item in iter_vision_items(conversations):
+        for key in _SOURCE_KEYS:
+            value = item.element.get(key)
+            if isinstance(value, str) and _is_relative_missing(value):
+                candidate = os.path.join(base_dir, value)
+                if os.path.exists(candidate):
+                    item.element[key] = candidate
+            elif isinstance(value, list):
+                item.element[key] = [
+                    os.path.join(base_dir, v)
+                    if isinstance(v, str) and _is_relative_missing(v) and os.path.exists(os.path.join(base_dir, v))
+                    else v
+                    for v in value
+                ]
+
+
+def _is_relative_missing(value: str) -> bool:
+    return "://" not in value and not value.startswith("data:") and not os.path.isabs(value) and not os.path.exists(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"<list of {len(value)} frames>"
+    return describe_source(value, limit=60)
+
+
+def _image_report(item: VisionItem, patch: int) -> dict:
+    image, (width, height) = load_image_item(item.element, image_patch_size=patch)
+    factor = patch * SPATIAL_MERGE_SIZE
+    return {
+        "kind": "image",
+        "source": _describe(image_source(item.element)),
+        "original_size": [width, height],
+        "resized_size": list(image.size),
+        "visual_tokens": (image.size[1] // factor) * (image.size[0] // factor),
+    }
+
+
+def _video_report(item: VisionItem, patch: int) -> dict:
+    from .video import fetch_video
+
+    (video, metadata), sample_fps = fetch_video(
+        item.element, image_patch_size=patch, return_video_sample_fps=True, return_video_metadata=True
+    )
+    frames, _, height, width = video.shape
+    factor = patch * SPATIAL_MERGE_SIZE
+    value = item.element.get("video", item.element.get("video_url"))
+    if isinstance(value, dict):
+        value = value.get("url")
+    original = metadata.get("original_size") or metadata.get("size")
+    return {
+        "kind": "video",
+        "source": _describe(value),
+        "original_size": list(original) if original else None,
+        "total_frames": metadata.get("total_num_frames"),
+        "frames_sampled": int(frames),
+        "sample_fps": round(float(sample_fps), 4),
+        "backend": metadata.get("video_backend"),
+        "resized_size": [int(width), int(height)],
+        "visual_tokens": (height // factor) * (width // factor) * (frames // FRAME_FACTOR),
+    }
+
+
+def _run_item(item: VisionItem, patch: int) -> dict:
+    start = time.perf_counter()
+    try:
+        report = _video_report(item, patch) if item.is_video else _image_report(item, patch)
+    except VisionInputError as exc:
+        exc.with_position(item.position)
+        report = {"kind": "error", "source": _describe(exc.source), "error": f"{type(exc).__name__}: {exc}"}
+    report["position"] = item.position
+    report["seconds"] = round(time.perf_counter() - start, 4)
+    return report
+
+
+def run(path: str, image_patch_size: int = 14) -> dict:
+    """Process a messages file and return the report as a dict."""
+    with open(path, encoding="utf-8") as handle:
+        conversations = json.load(handle)
+    _rebase_paths(conversations, os.path.dirname(os.path.abspath(path)))
+    items = iter_vision_items(conversations)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=_workers(len(items) or 1)) as pool:
+        reports = list(pool.map(lambda item: _run_item(item, image_patch_size), items))
+    total = {
+        "items": len(reports),
+        "errors": sum(r["kind"] == "error" for r in reports),
+        "visual_tokens": sum(r.get("visual_tokens", 0) for r in reports),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    return {"file": path, "items": reports, "total": total}
+
+
+def _size(value: Any) -> str:
+    return f"{value[0]}x{value[1]}" if value else "?"
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{report['file']}: {report['total']['items']} visual item(s)"]
+    header = f"{'position':<22} {'kind':<6} {'source':<44} {'original':>11} {'resized':>11} {'frames':>7} {'tokens':>8} {'time':>8}"
+    lines += [header, "-" * len(header)]
+    for r in report["items"]:
+        if r["kind"] == "error":
+            lines.append(f"{r['position']:<22} {'ERROR':<6} {r['error']}")
+            continue
+        frames = f"{r['frames_sampled']}@{r['sample_fps']:g}" if r["kind"] == "video" else "-"
+        lines.append(
+            f"{r['position']:<22} {r['kind']:<6} {r['source'][:44]:<44} {_size(r['original_size']):>11} "
+            f"{_size(r['resized_size']):>11} {frames:>7} {r['visual_tokens']:>8} {r['seconds']:>7.3f}s"
+        )
+    t = report["total"]
+    lines.append(f"total: {t['items']} item(s), {t['errors']} error(s), {t['visual_tokens']} visual tokens, {t['seconds']:.3f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vlutils", description=__doc__.split("\n\n")[0])
+    parser.add_argument("messages", help="JSON file: a list of messages, or a list of conversations")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--image-patch-size", type=int, default=14, help="14 (Qwen2/2.5-VL) or 16 (Qwen3-VL)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    try:
+        report = run(args.messages, image_patch_size=args.image_patch_size)
+    except (OSError, json.JSONDecodeError, VisionInputError) as exc:
+        print(f"vlutils: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 1 if report["total"]["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
