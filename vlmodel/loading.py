@@ -1,0 +1,121 @@
+"""Load a Hugging Face Qwen2-VL / Qwen2.5-VL checkpoint directory into :class:`Qwen2VL`.
+
+Accepted: ``model.safetensors`` or shards listed in ``model.safetensors.index.json``;
+tensor names as in the released checkpoints (``visual.*``, ``model.*``, ``lm_head.*``)
+or as transformers 5.x writes them (``model.visual.*``, ``model.language_model.*``);
+tied embeddings with no ``lm_head.weight`` in the file.  Any tensor left over, missing,
+or of the wrong shape is an error that lists them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+
+from .config import ModelConfig
+from .model import Qwen2VL
+
+log = logging.getLogger(__name__)
+
+# transformers 5.x in-memory prefixes -> original checkpoint prefixes (= our module names)
+_RENAMES = (("model.visual.", "visual."), ("model.language_model.", "model."))
+_SHOW = 20  # names listed per error before "... and N more"
+
+
+class CheckpointError(ValueError):
+    """The checkpoint files cannot be read or do not fit the model described by config.json."""
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(sorted(names)[:_SHOW])
+    return shown + (f", ... and {len(names) - _SHOW} more" if len(names) > _SHOW else "")
+
+
+def canonical_name(name: str) -> str:
+    """The original-checkpoint name of a tensor (undoing transformers 5.x prefixes)."""
+    for old, new in _RENAMES:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a checkpoint directory, sharded or not."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as fh:
+                weight_map = json.load(fh)["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"cannot read {index}: {exc}") from exc
+        files = [os.path.join(path, f) for f in sorted(set(weight_map.values()))]
+    else:
+        files = [os.path.join(path, "model.safetensors")]
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: weight files not found: {_listing(missing)}")
+    return files
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint, keyed by their original names."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("loading checkpoints needs the 'safetensors' package (pip install vlutils[model])") from exc
+    tensors: dict[str, torch.Tensor] = {}
+    for file in weight_files(path):
+        try:
+            part = load_file(file)
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read {file}: {exc}") from exc
+        for name, tensor in part.items():
+            tensors[canonical_name(name)] = tensor
+    return tensors
+
+
+def from_pretrained(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> Qwen2VL:
+    """Build the model described by ``path/config.json`` and load its weights.
+
+    ``dtype=None`` keeps the dtype stored in the files; ``device=None`` means CPU.
+    The model is returned in eval mode.
+    """
+    path = os.fspath(path)
+    config = ModelConfig.from_file(path)
+    tensors = read_state_dict(path)
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        model = Qwen2VL(config)
+    expected = dict(model.state_dict())
+    tied = config.text.tie_word_embeddings
+    if tied:
+        expected.pop("lm_head.weight")
+        if tensors.pop("lm_head.weight", None) is not None:
+            log.info("tied embeddings: ignoring lm_head.weight stored in %s", path)
+    unknown = [k for k in tensors if k not in expected]
+    missing = [k for k in expected if k not in tensors]
+    if unknown or missing:
+        parts = [f"checkpoint {path} does not match its config ({config.model_type})"]
+        if missing:
+            parts.append(f"missing {len(missing)} tensors: {_listing(missing)}")
+        if unknown:
+            parts.append(f"unknown {len(unknown)} tensors: {_listing(unknown)}")
+        raise CheckpointError("; ".join(parts))
+    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if tensors[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path}: tensors of the wrong shape: {_listing(wrong)}")
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    state = {k: t.to(device=target, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype) for k, t in tensors.items()}
+    model.load_state_dict(state, strict=not tied, assign=True)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    dtypes = {t.dtype for t in state.values()}
+    if len(dtypes) > 1:
+        raise CheckpointError(f"checkpoint {path} mixes dtypes {sorted(map(str, dtypes))}; pass dtype=")
+    return model.eval()
