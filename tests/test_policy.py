@@ -1,0 +1,392 @@
+"""Safe mode (vlutils.policy): schemes, allowed roots, private addresses, caps.
+
+The unit tests exercise the policy object directly. The integration tests go through
+``process_vision_info`` and need the library hooks (``.notes-policy-hooks.diff``);
+they are skipped, with that reason, until the hooks are applied.
+
+No test contacts anything but 127.0.0.1: refusals of other addresses are checked
+before any connection (``urllib3.util.connection.create_connection`` is watched).
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import os
+import threading
+
+import pytest
+from PIL import Image
+
+import vlutils
+import vlutils.sources
+from vlutils import policy
+from vlutils.errors import FetchError, InvalidOptionError, SizeLimitError, UnsafeSourceError, VisionInputError
+from vlutils.policy import SafetyPolicy
+from vlutils.sources import FetchSettings
+
+from _faulty_server import FaultyServer, answer, redirect
+
+HOOKS = "_policy" in inspect.getsource(vlutils.sources)
+needs_hooks = pytest.mark.skipif(not HOOKS, reason="library hooks from .notes-policy-hooks.diff not applied yet")
+LOOPBACK_ONLY = ("127.0.0.1/32",)
+
+
+@pytest.fixture(autouse=True)
+def _clean_policy(monkeypatch):
+    """Each test starts permissive, whatever the environment of the test run says."""
+    for name in policy.ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    policy.reset_policy()
+    yield
+    policy.reset_policy()
+
+
+def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def media_root(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    (root / "ok.png").write_bytes(png_bytes())
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png_bytes(color=(0, 0, 255)))
+    return root
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every address urllib3 tries to connect to."""
+    import urllib3.util.connection as conn
+
+    seen: list = []
+    real = conn.create_connection
+
+    def spy(address, *args, **kwargs):
+        seen.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(conn, "create_connection", spy)
+    return seen
+
+
+@pytest.fixture
+def server():
+    with FaultyServer() as srv:
+        srv.route("/img.png", answer(body=png_bytes(), content_type="image/png"))
+        yield srv
+
+
+def image_msg(*values) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "image": v} for v in values] + [{"type": "text", "text": "?"}]}]
+
+
+# ---------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://127.0.0.1/", "loopback"),
+        ("http://127.0.0.2:8080/x.png", "loopback"),
+        ("http://[::1]/", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://169.254.10.1/", "link-local"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://[fd00:ec2::254]/", "metadata"),
+        ("http://100.100.100.200/", "metadata"),
+        ("http://10.0.0.1/", "private"),
+        ("http://172.16.5.4/", "private"),
+        ("http://192.168.1.1/", "private"),
+        ("http://[fc00::1]/", "private"),
+        ("http://100.64.0.1/", "not a public"),
+        ("http://0.0.0.0/", "unspecified"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://240.0.0.1/", "reserved"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://[::ffff:127.0.0.1]/", "loopback"),
+        ("https://[64:ff9b::a9fe:a9fe]/", "metadata"),  # NAT64 form of 169.254.169.254
+        ("http://2130706433/", "loopback"),  # decimal 127.0.0.1, resolved by getaddrinfo
+        ("http://0x7f.1/", "loopback"),
+        ("http://localhost/", "loopback"),
+    ],
+)
+def test_non_public_addresses_refused(url, reason):
+    with pytest.raises(UnsafeSourceError, match=reason) as info:
+        SafetyPolicy().check_url(url)
+    assert url in str(info.value) and "safe mode" in str(info.value)
+
+
+def test_public_literal_allowed_without_connecting(connections):
+    SafetyPolicy().check_url("https://93.184.216.34/cat.png")
+    SafetyPolicy().check_url("http://[2606:4700::6810:84e5]/cat.png")
+    assert connections == []
+
+
+def test_every_resolved_address_is_checked():
+    answers = {"cdn.example": ["93.184.216.34"], "sneaky.example": ["93.184.216.34", "10.1.2.3"]}
+    p = SafetyPolicy(resolver=lambda host, port: answers[host])
+    p.check_url("https://cdn.example/a.png")
+    with pytest.raises(UnsafeSourceError, match=r"host 'sneaky.example' resolves to 10.1.2.3, a private address"):
+        p.check_url("https://sneaky.example/a.png")
+
+
+def test_unresolvable_host_is_a_fetch_error():
+    def fail(host, port):
+        raise OSError("Name or service not known")
+
+    with pytest.raises(FetchError, match="cannot resolve host 'nowhere.invalid'"):
+        SafetyPolicy(resolver=fail).check_url("http://nowhere.invalid/x.png")
+
+
+def test_allowed_and_denied_networks():
+    p = SafetyPolicy(allowed_networks=["10.1.2.0/24"], denied_networks=["93.184.216.0/24"])
+    p.check_url("http://10.1.2.3/")
+    with pytest.raises(UnsafeSourceError, match="private"):
+        p.check_url("http://10.1.3.3/")
+    with pytest.raises(UnsafeSourceError, match="denied network"):
+        p.check_url("http://93.184.216.34/")
+    lax = SafetyPolicy(allow_private_addresses=True)
+    lax.check_url("http://10.9.9.9/")
+    with pytest.raises(UnsafeSourceError, match="metadata"):  # never, even with private allowed
+        lax.check_url("http://169.254.169.254/")
+
+
+def test_scheme_list():
+    p = SafetyPolicy(allowed_schemes={"https"})
+    p.check_url("https://93.184.216.34/")
+    with pytest.raises(UnsafeSourceError, match="scheme 'http' is not allowed"):
+        p.check_url("http://93.184.216.34/")
+    with pytest.raises(InvalidOptionError, match="unknown scheme"):
+        SafetyPolicy(allowed_schemes={"gopher"})
+
+
+# -------------------------------------------------------------------- paths
+
+
+def test_paths_inside_root_only(media_root, tmp_path):
+    p = SafetyPolicy(allowed_roots=[str(media_root)])
+    assert p.check_path(str(media_root / "ok.png")) == os.path.realpath(media_root / "ok.png")
+    for bad in (
+        "/etc/passwd",
+        str(media_root / ".." / "secret" / "secret.png"),
+        str(media_root) + "/../../../../etc/passwd",
+        str(media_root) + "-evil/x.png",  # a sibling sharing the root's prefix
+        str(tmp_path / "secret" / "missing.png"),  # refused whether or not it exists
+    ):
+        with pytest.raises(UnsafeSourceError, match="outside the allowed roots"):
+            p.check_path(bad)
+
+
+def test_symlinks_are_resolved(media_root, tmp_path):
+    (media_root / "escape.png").symlink_to(tmp_path / "secret" / "secret.png")
+    (media_root / "alias.png").symlink_to(media_root / "ok.png")
+    (media_root / "dir").symlink_to("/etc")
+    p = SafetyPolicy(allowed_roots=[str(media_root)])
+    with pytest.raises(UnsafeSourceError, match="outside"):
+        p.check_path(str(media_root / "escape.png"))
+    with pytest.raises(UnsafeSourceError, match="outside"):
+        p.check_path(str(media_root / "dir" / "passwd"))
+    assert p.check_path(str(media_root / "alias.png")) == os.path.realpath(media_root / "ok.png")
+
+
+def test_no_roots_or_no_file_scheme_means_no_local_files(media_root):
+    with pytest.raises(UnsafeSourceError, match="no allowed roots"):
+        SafetyPolicy().check_path(str(media_root / "ok.png"))
+    with pytest.raises(UnsafeSourceError, match="scheme 'file'"):
+        SafetyPolicy(allowed_roots=[str(media_root)], allowed_schemes={"https"}).check_path(str(media_root / "ok.png"))
+    with pytest.raises(InvalidOptionError, match="absolute"):
+        SafetyPolicy(allowed_roots=["relative/dir"])
+
+
+# -------------------------------------------------------- activation and env
+
+
+def test_default_is_permissive():
+    assert policy.current() is None
+    settings = FetchSettings()
+    assert policy.apply(settings) is settings
+    assert policy.check_path("/etc/passwd") == "/etc/passwd"
+    assert policy.limit("max_pixels", 123) == 123
+
+
+def test_env_variables(monkeypatch, media_root):
+    monkeypatch.setenv("VLUTILS_SAFE_MODE", "1")
+    p = policy.current()
+    assert isinstance(p, SafetyPolicy) and p.allowed_roots == () and p == SafetyPolicy()
+    monkeypatch.setenv("VLUTILS_ALLOWED_ROOTS", f"{media_root}{os.pathsep}/srv/media")
+    monkeypatch.setenv("VLUTILS_ALLOWED_SCHEMES", "https, data")
+    monkeypatch.setenv("VLUTILS_SAFE_MAX_PIXELS", "1e6")
+    p = policy.current()
+    assert p.allowed_roots == (os.path.realpath(media_root), "/srv/media")
+    assert p.allowed_schemes == {"https", "data"} and p.max_pixels == 1_000_000
+    monkeypatch.delenv("VLUTILS_SAFE_MODE")
+    assert policy.current() == p  # naming allowed roots alone turns safe mode on (fail closed)
+    monkeypatch.setenv("VLUTILS_SAFE_MODE", "0")
+    assert policy.current() is None
+    monkeypatch.setenv("VLUTILS_SAFE_MODE", "maybe")
+    with pytest.raises(InvalidOptionError, match="VLUTILS_SAFE_MODE"):
+        policy.current()
+    monkeypatch.setenv("VLUTILS_SAFE_MODE", "1")
+    monkeypatch.setenv("VLUTILS_SAFE_MAX_BYTES", "lots")
+    with pytest.raises(InvalidOptionError, match="VLUTILS_SAFE_MAX_BYTES"):
+        policy.current()
+
+
+def test_use_is_per_thread_and_overrides_set_policy():
+    strict, other = SafetyPolicy(), SafetyPolicy(allow_private_addresses=True)
+    policy.set_policy(strict)
+    seen = {}
+    with policy.use(other):
+        t = threading.Thread(target=lambda: seen.setdefault("thread", policy.current()))
+        t.start()
+        t.join()
+        assert policy.current() is other
+        with policy.use(None):
+            assert policy.current() is None
+    assert seen["thread"] is strict  # a new thread sees the global, not this block
+    assert policy.current() is strict
+    policy.set_policy(None)
+    assert policy.current() is None
+    with pytest.raises(InvalidOptionError):
+        policy.set_policy("strict")
+
+
+def test_apply_chains_checks_and_caps_bytes():
+    calls = []
+    p = SafetyPolicy(max_bytes=1000)
+    s = p.apply(FetchSettings(max_bytes=10**9, url_check=calls.append))
+    assert s.max_bytes == 1000 and p.apply(s).url_check is s.url_check  # idempotent
+    s.url_check("https://93.184.216.34/")
+    assert calls == ["https://93.184.216.34/"]
+    with pytest.raises(UnsafeSourceError):
+        s.url_check("http://127.0.0.1/")
+    assert SafetyPolicy(max_bytes=None).apply(FetchSettings(max_bytes=5)).max_bytes == 5
+
+
+# ------------------------------------------------------ through the library
+
+
+@needs_hooks
+def test_ordinary_inputs_still_work(media_root, server):
+    png = png_bytes()
+    inputs = [
+        str(media_root / "ok.png"),
+        "file://" + str(media_root / "ok.png"),
+        "data:image/png;base64," + base64.b64encode(png).decode(),
+        base64.b64encode(png).decode(),
+        Image.open(io.BytesIO(png)),
+        server.url("img.png"),
+    ]
+    expected, _ = vlutils.process_vision_info(image_msg(*inputs))
+    p = SafetyPolicy(allowed_roots=[str(media_root)], allowed_networks=LOOPBACK_ONLY)
+    with policy.use(p):
+        images, videos = vlutils.process_vision_info(image_msg(*inputs))
+    assert videos is None and len(images) == len(inputs)
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in expected]
+
+
+@needs_hooks
+@pytest.mark.parametrize(
+    "make_value, reason",
+    [
+        (lambda root: "file:///etc/passwd", "outside the allowed roots"),
+        (lambda root: "/etc/passwd", "outside the allowed roots"),
+        (lambda root: str(root) + "/../secret/secret.png", "outside the allowed roots"),
+        (lambda root: "file://" + str(root) + "/../secret/secret.png", "outside the allowed roots"),
+        (lambda root: str(root / "escape.png"), "outside the allowed roots"),
+        (lambda root: str(root) + "/../secret/does-not-exist.png", "outside the allowed roots"),
+        (lambda root: "http://127.0.0.1/", "loopback"),
+        (lambda root: "http://169.254.169.254/latest/meta-data/", "metadata"),
+        (lambda root: "http://[::1]/", "loopback"),
+        (lambda root: "http://10.0.0.1/x.png", "private"),
+        (lambda root: {"url": "http://192.168.0.1/x.png"}, "private"),
+    ],
+)
+def test_refused_with_position_and_no_connection(media_root, tmp_path, connections, make_value, reason):
+    (media_root / "escape.png").symlink_to(tmp_path / "secret" / "secret.png")
+    value = make_value(media_root)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [
+        {"type": "text", "text": "look"}, {"type": "image", "image": value}]}]
+    with policy.use(SafetyPolicy(allowed_roots=[str(media_root)])):
+        with pytest.raises(UnsafeSourceError, match=reason) as info:
+            vlutils.process_vision_info(messages)
+    text = str(info.value)
+    assert text.startswith("message 1, item 1: ") and "safe mode" in text
+    shown = value["url"] if isinstance(value, dict) else value
+    assert shown[:40] in text
+    assert connections == []
+
+
+@needs_hooks
+def test_redirect_from_allowed_host_to_private_one_is_refused(server, connections):
+    """127.0.0.1 is allowed explicitly; its redirects to 127.0.0.2 (loopback) and to
+    10.0.0.1 (private) must be refused before connecting to them."""
+    to_loopback = server.route("/hop1", redirect(server.url("img.png", host="127.0.0.2")))
+    to_private = server.route("/hop2", redirect("http://10.0.0.1/img.png"))
+    relative_ok = server.route("/hop3", redirect("/img.png"))
+    p = SafetyPolicy(allowed_networks=LOOPBACK_ONLY)
+    with policy.use(p):
+        for url, target in ((to_loopback, "127.0.0.2"), (to_private, "10.0.0.1")):
+            with pytest.raises(UnsafeSourceError, match=rf"redirect to http://{target}.*(loopback|private)") as info:
+                vlutils.process_vision_info(image_msg(url))
+            assert url in str(info.value)
+        images, _ = vlutils.process_vision_info(image_msg(relative_ok))
+    assert len(images) == 1
+    assert {host for host, _ in connections} == {"127.0.0.1"}
+    assert server.requests["/img.png"] == 1  # only the allowed relative redirect reached it
+
+
+@needs_hooks
+def test_policy_reaches_every_worker_thread(media_root):
+    """Several items run in a thread pool: the `use` block must apply to all of them."""
+    good = str(media_root / "ok.png")
+    with policy.use(SafetyPolicy(allowed_roots=[str(media_root)])):
+        with pytest.raises(UnsafeSourceError, match="message 0, item 3"):
+            vlutils.process_vision_info(image_msg(good, good, good, "/etc/hostname", good))
+
+
+@needs_hooks
+def test_schemes_and_caps_apply(media_root, server):
+    png = png_bytes((64, 64))
+    data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    with policy.use(SafetyPolicy(allowed_schemes={"https"})):
+        for value, scheme in ((data_uri, "data"), (base64.b64encode(png).decode(), "base64"),
+                              (server.url("img.png"), "http"), (str(media_root / "ok.png"), "file")):
+            with pytest.raises(UnsafeSourceError, match=f"scheme '{scheme}'"):
+                vlutils.process_vision_info(image_msg(value))
+        images, _ = vlutils.process_vision_info(image_msg(Image.open(io.BytesIO(png))))  # in-memory: always
+        assert images[0].size == (56, 56)
+    roots = [str(media_root)]
+    with policy.use(SafetyPolicy(allowed_roots=roots, max_pixels=32 * 32)):
+        with pytest.raises(SizeLimitError, match="pixel"):
+            vlutils.process_vision_info(image_msg(data_uri))
+    with policy.use(SafetyPolicy(allowed_roots=roots, max_bytes=100, allowed_networks=LOOPBACK_ONLY)):
+        for value in (str(media_root / "ok.png"), server.url("img.png")):
+            with pytest.raises(SizeLimitError, match="100-byte limit"):
+                vlutils.process_vision_info(image_msg(value))
+
+
+@needs_hooks
+def test_env_safe_mode_without_code_changes(monkeypatch, media_root):
+    monkeypatch.setenv("VLUTILS_SAFE_MODE", "1")
+    with pytest.raises(UnsafeSourceError, match="no allowed roots"):
+        vlutils.process_vision_info(image_msg("file:///etc/passwd"))
+    monkeypatch.setenv("VLUTILS_ALLOWED_ROOTS", str(media_root))
+    images, _ = vlutils.process_vision_info(image_msg(str(media_root / "ok.png")))
+    assert images[0].size == (28, 28) or images[0].size[0] % 28 == 0
+
+
+def test_no_policy_keeps_reference_behaviour(media_root):
+    """Without safe mode a file outside any root is read (and here fails as non-image)."""
+    with pytest.raises(VisionInputError) as info:
+        vlutils.process_vision_info(image_msg("/etc/hostname" if os.path.exists("/etc/hostname") else "/etc/passwd"))
+    assert not isinstance(info.value, UnsafeSourceError)
+    images, _ = vlutils.process_vision_info(image_msg(str(media_root.parent / "secret" / "secret.png")))
+    assert len(images) == 1
