@@ -110,11 +110,11 @@ def stream(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         token = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
-        token = token.masked_fill(finished, pad_token_id)
-        yield token
+        yield token.masked_fill(finished, pad_token_id)
         finished |= torch.isin(token, stops)
         if step == max_new_tokens - 1 or bool(finished.all()):
             return
+        # Finished rows keep decoding their own (valid) tokens; their output is masked above.
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         out = model(token[:, None], attention_mask=attention_mask, cache=cache, rope_deltas=deltas)
 
