@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install the reference transformers versions that the tests compare against.
+#
+# They cannot live in the project venv next to transformers 4.57.6, so each goes
+# into its own --target folder under .refs/ (git-ignored). Tests run the reference
+# in a subprocess with PYTHONPATH=.refs/<name>; torch and numpy still come from the
+# venv, so only transformers and the packages whose versions it pins are installed.
+#
+#   .refs/tf451 : transformers 4.51.3 (original Qwen2-VL / Qwen2.5-VL get_rope_index)
+#   .refs/tf523 : transformers 5.23.0 (benchmark; documented departures)
+#
+# Idempotent: a target whose transformers already has the right version is kept.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+REFS="$ROOT/.refs"
+mkdir -p "$REFS"
+
+have() {  # have <target> <version>: is transformers==<version> already there?
+    local target="$1" version="$2"
+    [ -f "$target/transformers/__init__.py" ] &&
+        grep -q "__version__ = \"$version\"" "$target/transformers/__init__.py"
+}
+
+pipi() { "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location "$@"; }
+
+# transformers 4.51.3 pins tokenizers<0.22; huggingface_hub and safetensors from the venv fit.
+if ! have "$REFS/tf451" 4.51.3; then
+    rm -rf "$REFS/tf451"
+    pipi --target "$REFS/tf451" --no-deps "transformers==4.51.3" "tokenizers==0.21.4"
+fi
+
+# transformers 5.23.0 needs huggingface_hub>=1.31 and tokenizers>=0.23.1 (with their deps);
+# transformers itself goes in without deps so no second numpy lands in the target.
+if ! have "$REFS/tf523" 5.23.0; then
+    rm -rf "$REFS/tf523"
+    pipi --target "$REFS/tf523" "huggingface_hub>=1.31,<2" "tokenizers>=0.23.1,<0.24" "typer"
+    pipi --target "$REFS/tf523" --no-deps "transformers==5.23.0"
+fi
+
+echo "reference transformers installed under $REFS: $(ls "$REFS" | tr '\n' ' ')"
