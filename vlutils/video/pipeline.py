@@ -1,0 +1,193 @@
+"""Run one backend with a deadline and stream its frames into a preallocated output.
+
+Decoding runs in a worker thread; the calling thread resizes each frame as it arrives
+(FFmpeg and torch both release the GIL, so the two overlap on two cores). A bounded
+queue keeps at most a few full-size frames alive. The caller stops waiting at the
+deadline and raises :class:`DecodeTimeoutError`; the worker notices between frames and
+exits (a C call that never returns leaves only that daemon thread behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import DecodeError, DecodeTimeoutError, VisionInputError
+from .backends.base import Backend, Probe
+from .resize import resize_exact
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FRAMES = 4
+_POLL = 0.25
+
+
+@dataclass
+class Plan:
+    """What to decode: the frame indices (one per output slot) and the counts they came from."""
+
+    indices: list[int]
+    count: int  # frames in the [video_start, video_end] window
+    fps: float
+    vfr: bool = False
+
+
+@dataclass
+class DecodeResult:
+    video: torch.Tensor
+    plan: Plan
+    probe: Probe
+    source_size: tuple[int, int]  # display-oriented (height, width) of the decoded frames
+    reader: Any
+    seconds: float
+
+
+class _Sink:
+    """Called from the worker: computes the target size once, forwards frames to the queue."""
+
+    def __init__(self, q: queue.Queue, stop: threading.Event, size_fn: Callable[[int, int], tuple[int, int]], fast: bool):
+        self._q, self._stop, self._size_fn = q, stop, size_fn
+        self.fast_resize = fast
+        self.size: tuple[int, int] | None = None
+        self.source_size: tuple[int, int] | None = None
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.size is None:
+            self.source_size = (int(height), int(width))
+            self.size = self._size_fn(int(height), int(width))
+            self._send(("size", self.source_size, self.size))
+        return self.size
+
+    def put(self, index: int, frame: np.ndarray) -> None:
+        if self.size is None:
+            self.target_size(frame.shape[0], frame.shape[1])
+        self._send(("frame", index, frame))
+
+    def _send(self, item: tuple) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+
+def decode_video(
+    backend: Backend,
+    path: str,
+    source: Any,
+    plan_fn: Callable[[Probe], Plan],
+    size_fn: Callable[[int, int], tuple[int, int]],
+    *,
+    timeout: float,
+    out_dtype: torch.dtype = torch.float32,
+    fast_resize: bool = False,
+    threads: int = 0,
+) -> DecodeResult:
+    """Open ``path`` with ``backend``, sample per ``plan_fn`` and return resized frames."""
+    started = time.monotonic()
+    deadline = started + timeout
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    stop = threading.Event()
+    sink = _Sink(q, stop, size_fn, fast_resize)
+    state: dict[str, Any] = {}
+
+    def work() -> None:
+        reader = None
+        try:
+            reader = backend.open(path, source, threads)
+            state["reader"] = reader
+            probe = reader.probe()
+            plan = plan_fn(probe)
+            sink._send(("plan", probe, plan))
+            reader.read(sorted(set(plan.indices)), sink, stop.is_set)
+            sink._send(("done",))
+        except BaseException as exc:  # forwarded to the caller
+            sink._send(("error", exc))
+        finally:
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception:  # pragma: no cover - best effort
+                    pass
+
+    worker = threading.Thread(target=work, name=f"vlutils-video-{backend.name}", daemon=True)
+    worker.start()
+    video = probe = plan = None
+    slots: dict[int, list[int]] = {}
+    filled = 0
+    saved_threads = _single_thread_resize()
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DecodeTimeoutError(
+                    f"decoding with backend {backend.name!r} took longer than {timeout:g}s "
+                    "(raise the limit with timeout= or VLUTILS_VIDEO_TIMEOUT)",
+                    source,
+                )
+            try:
+                item = q.get(timeout=min(remaining, _POLL))
+            except queue.Empty:
+                continue
+            kind = item[0]
+            if kind == "plan":
+                _, probe, plan = item
+                for slot, index in enumerate(plan.indices):
+                    slots.setdefault(index, []).append(slot)
+            elif kind == "size":
+                _, _, (height, width) = item
+                video = torch.empty((len(plan.indices), 3, height, width), dtype=out_dtype)
+            elif kind == "frame":
+                _, index, frame = item
+                filled += _store(video, slots.get(index, ()), frame, fast_resize)
+            elif kind == "error":
+                exc = item[1]
+                if isinstance(exc, VisionInputError):
+                    raise exc
+                raise DecodeError(f"{backend.name} failed: {type(exc).__name__}: {exc}", source) from exc
+            else:  # done
+                break
+        if video is None or filled != len(plan.indices):
+            raise DecodeError(f"{backend.name} returned {filled} of {len(plan.indices)} requested frames", source)
+    finally:
+        stop.set()
+        if saved_threads is not None:
+            torch.set_num_threads(saved_threads)
+    worker.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+    return DecodeResult(video, plan, probe, sink.source_size, state.get("reader"), time.monotonic() - started)
+
+
+def _single_thread_resize() -> int | None:
+    """Resize on one thread while FFmpeg decodes on the others (torch's default of all
+    cores oversubscribes and runs ~3x slower here). With OpenMP the setting is per
+    thread, so only this call is affected; other builds are left alone."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return saved
+
+
+def _store(video: torch.Tensor, slots: list[int], frame: np.ndarray, fast_resize: bool) -> int:
+    """Resize one HWC uint8 frame into every output slot that wants it."""
+    if not slots:
+        return 0
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise DecodeError(f"backend produced a frame of shape {frame.shape} and dtype {frame.dtype}")
+    height, width = video.shape[-2:]
+    chw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # channels-last, as the reference
+    if fast_resize and tuple(chw.shape[-2:]) == (height, width):
+        resized = chw
+    else:
+        resized = resize_exact(chw, height, width)
+    for slot in slots:
+        video[slot].copy_(resized[0])
+    return len(slots)

@@ -1,0 +1,58 @@
+"""Video target size (the per-frame pixel budget of qwen-vl-utils 0.0.14) and the
+frame resize that reproduces its output bit for bit.
+
+The reference resizes uint8 TCHW frames with torchvision bicubic + antialias and then
+calls ``.float()``. torchvision computes that as float32 ``interpolate`` -> clamp to
+[0, 255] -> round -> uint8, so resizing one frame at a time with the same steps and the
+same (channels-last) memory layout gives identical values without ever holding the
+full-resolution clip.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..constants import FRAME_FACTOR, MODEL_SEQ_LEN, SPATIAL_MERGE_SIZE, VIDEO_MAX_TOKEN_NUM, VIDEO_MIN_TOKEN_NUM
+from ..resize import check_number, smart_resize
+
+logger = logging.getLogger(__name__)
+
+
+def video_target_size(
+    ele: dict[str, Any], nframes: int, height: int, width: int, image_patch_size: int = 14
+) -> tuple[int, int]:
+    """``(resized_height, resized_width)`` for ``nframes`` frames of ``height x width``."""
+    source = ele.get("video") if isinstance(ele.get("video"), str) else None
+    factor = int(image_patch_size * SPATIAL_MERGE_SIZE)
+    frame_min = VIDEO_MIN_TOKEN_NUM * factor * factor
+    frame_max = VIDEO_MAX_TOKEN_NUM * factor * factor
+    if "resized_height" in ele and "resized_width" in ele:
+        check_number("resized_height", ele["resized_height"], source=source)
+        check_number("resized_width", ele["resized_width"], source=source)
+        return smart_resize(ele["resized_height"], ele["resized_width"], factor=factor)
+    min_pixels = check_number("min_pixels", ele.get("min_pixels", frame_min), source=source)
+    total_pixels = check_number(
+        "total_pixels", ele.get("total_pixels", MODEL_SEQ_LEN * factor * factor * 0.9), source=source
+    )
+    max_pixels = max(min(frame_max, total_pixels / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
+    wanted = check_number("max_pixels", ele.get("max_pixels", max_pixels), source=source)
+    if wanted > max_pixels:
+        logger.warning("The given max_pixels[%s] exceeds limit[%s].", wanted, max_pixels)
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=min(wanted, max_pixels))
+
+
+def resize_exact(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic + antialias resize of uint8 ``(N, C, H, W)`` frames, rounded like torchvision.
+
+    Returns float32 holding integer values in [0, 255] (the layout of the input is kept).
+    """
+    if tuple(frames.shape[-2:]) == (height, width):
+        return frames.to(torch.float32)
+    out = F.interpolate(
+        frames.to(torch.float32), size=[height, width], mode="bicubic", align_corners=False, antialias=True
+    )
+    return out.clamp_(0, 255).round_()
