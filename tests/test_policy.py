@@ -398,3 +398,56 @@ def test_no_policy_keeps_reference_behaviour(media_root):
     assert not isinstance(info.value, UnsafeSourceError)
     images, _ = vlutils.process_vision_info(image_msg(str(media_root.parent / "secret" / "secret.png")))
     assert len(images) == 1
+
+
+# ------------------------------------------------------------------- videos
+
+try:
+    import vlutils.video.fetch as _video_fetch
+
+    VIDEO_HOOKS = "_policy" in inspect.getsource(_video_fetch)
+except ImportError:  # video not built yet
+    VIDEO_HOOKS = False
+needs_video_hooks = pytest.mark.skipif(
+    not (HOOKS and VIDEO_HOOKS), reason="hooks from .notes-policy-hooks*.diff not applied yet"
+)
+BAD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "bad")
+
+
+def video_msg(value, **options) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video", "video": value, **options}]}]
+
+
+@needs_video_hooks
+def test_video_paths_frames_and_caps(tmp_path, media_root):
+    clip = media_root / "clip.mp4"
+    clip.write_bytes(open(os.path.join(BAD, "ok_video.mp4"), "rb").read())
+    p = SafetyPolicy(allowed_roots=[str(media_root)])
+    with policy.use(p):
+        _, videos = vlutils.process_vision_info(video_msg(str(clip)))
+        assert videos[0].shape[0] == 6  # 3 s at the default 2 fps
+        with pytest.raises(UnsafeSourceError, match="outside the allowed roots"):
+            vlutils.process_vision_info(video_msg(os.path.join(BAD, "ok_video.mp4")))
+        # a frame list is read in a thread pool: the `use` block must reach it
+        with pytest.raises(UnsafeSourceError, match="outside the allowed roots"):
+            vlutils.process_vision_info(video_msg([str(media_root / "ok.png"), "/etc/hostname"]))
+        with pytest.raises(UnsafeSourceError, match="loopback"):
+            vlutils.process_vision_info(video_msg("http://127.0.0.1:9/clip.mp4"))
+    with policy.use(p.replace(max_frames=4)):
+        with pytest.raises(SizeLimitError, match="6 frames requested, over the 4-frame limit"):
+            vlutils.process_vision_info(video_msg(str(clip)))
+        with pytest.raises(SizeLimitError, match="5 frames, over the 4-frame limit"):
+            vlutils.process_vision_info(video_msg([str(media_root / "ok.png")] * 5))
+        _, videos = vlutils.process_vision_info(video_msg(str(clip), nframes=4))
+        assert videos[0].shape[0] == 4
+
+
+@needs_video_hooks
+def test_decode_timeout_is_capped(media_root, monkeypatch):
+    from vlutils.errors import DecodeTimeoutError
+
+    clip = media_root / "clip.mp4"
+    clip.write_bytes(open(os.path.join(BAD, "ok_video.mp4"), "rb").read())
+    with policy.use(SafetyPolicy(allowed_roots=[str(media_root)], decode_timeout=1e-6)):
+        with pytest.raises(DecodeTimeoutError, match="longer than"):
+            vlutils.process_vision_info(video_msg(str(clip)))
