@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ..constants import SPATIAL_MERGE_SIZE
-from ..errors import InvalidMessageError, InvalidOptionError, UnsupportedSourceError, VisionInputError
+from .. import policy as _policy
+from ..errors import InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError, VisionInputError
 from ..resize import check_number
 from ..sources import FetchSettings, local_file
 from .backends import get_video_reader_backend, resolve_backend
@@ -95,12 +96,16 @@ def fetch_video(
             check_number(key, ele[key], source=_label(value))
     if "fps" in ele and "nframes" in ele:
         raise InvalidOptionError("give either `fps` or `nframes`, not both", _label(value))
+    # read the policy here: the decode thread and frame pool do not inherit contextvars
+    max_frames = _policy.limit("max_frames", None)
     if isinstance(value, (list, tuple)):
+        if max_frames is not None and len(value) > max_frames:
+            raise SizeLimitError(f"{len(value)} frames, over the {int(max_frames)}-frame limit", _label(value))
         video, metadata, sample_fps = _fetch_frame_list(ele, value, image_patch_size, output_dtype)
     elif isinstance(value, (str, bytes, bytearray, memoryview, os.PathLike)):
         video, metadata, sample_fps = _fetch_file(
-            ele, value, image_patch_size, backend, video_timeout(timeout), output_dtype, bool(fast_resize),
-            fetch_settings,
+            ele, value, image_patch_size, backend, _policy.limit("decode_timeout", video_timeout(timeout)),
+            output_dtype, bool(fast_resize), fetch_settings, max_frames,
         )
     else:
         raise UnsupportedSourceError(
@@ -117,13 +122,16 @@ def _label(value: Any) -> Any:
     return value if isinstance(value, str) else None
 
 
-def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtype, fast_resize, settings):
+def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtype, fast_resize, settings,
+                max_frames=None):
     started = time.monotonic()
     backend = resolve_backend(backend_name if backend_name is not None else get_video_reader_backend())
 
     def plan(probe: Probe) -> Plan:
         start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
         nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
+        if max_frames is not None and nframes > max_frames:
+            raise SizeLimitError(f"{nframes} frames requested, over the {int(max_frames)}-frame limit", _label(value))
         indices, vfr = sample_indices(start, end, nframes, probe.timestamps)
         return Plan(indices=indices, count=count, fps=probe.fps, vfr=vfr)
 

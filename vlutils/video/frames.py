@@ -7,6 +7,7 @@ even length with the last frame, and the stack is then resized as a video.
 
 from __future__ import annotations
 
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +29,11 @@ def load_frame_list(ele: dict[str, Any], frames: list | tuple, image_patch_size:
     info = {k: v for k, v in ele.items() if k not in ("type", "video", "video_url")}
     workers = min(MAX_NUM_WORKERS_FETCH_VIDEO, len(frames))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fetch_image, {"image": frame, **info}, image_factor) for frame in frames]
+        # copy_context: a `vlutils.policy.use(...)` block must reach these threads too
+        futures = [
+            pool.submit(contextvars.copy_context().run, fetch_image, {"image": frame, **info}, image_factor)
+            for frame in frames
+        ]
         images = []
         for position, future in enumerate(futures):
             try:
