@@ -589,3 +589,29 @@ def test_alpha_compositing_pixels(mode):
     assert (out[:10] == 255).all()  # fully transparent rows are pure white
     if mode != "P+t":
         assert np.array_equal(out[-10:], rgba[-10:, :, :3].astype(int))  # opaque rows keep their colour
+
+
+# ----------------------------------------------------------------------------- demo fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_fixtures_match_reference(monkeypatch):
+    """The bundled demo messages load; each image equals the reference's result (the EXIF
+    portrait: the reference on the transposed image)."""
+    import json
+
+    monkeypatch.chdir(REPO)
+    messages = json.loads((REPO / "fixtures" / "demo" / "messages.json").read_text())
+    items = [e for e in vlutils.extract_vision_info(messages) if "image" in e or "image_url" in e]
+    assert len(items) >= 4
+    no_video = [{**m, "content": [e for e in m["content"] if "video" not in e]} if isinstance(m["content"], list) else m
+                for m in messages]
+    images, _ = vlutils.process_vision_info(no_video)
+    for item, actual in zip(items, images):
+        source = item.get("image") or item["image_url"]
+        path = source["url"] if isinstance(source, dict) else source
+        assert (REPO / path).stat().st_size < 100_000
+        original = ImageOps.exif_transpose(Image.open(REPO / path))
+        options = {k: v for k, v in item.items() if k not in ("type", "image", "image_url")}
+        assert_same(actual, ref.fetch_image({"image": original, **options}))
