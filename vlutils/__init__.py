@@ -24,6 +24,8 @@ from .constants import (
 from .errors import VisionInputError
 from .image import fetch_image, to_rgb
 from .messages import extract_vision_info
+from . import policy
+from .policy import SafetyPolicy, set_policy
 from .resize import ceil_by_factor, floor_by_factor, round_by_factor, smart_resize
 from .sources import FetchSettings
 from .vision_process import process_vision_info

@@ -60,14 +60,17 @@ class VisionInputError(ValueError):
         return self
 
     def __reduce__(self):  # picklable across DataLoader worker processes
-        return (_rebuild, (type(self), self.reason, self.source_label(), self.position))
+        return (_rebuild, (type(self), self.reason, self.source_label(), self.position, str(self)))
 
     def source_label(self) -> str | None:
         return None if self.source is None else describe_source(self.source)
 
 
-def _rebuild(cls, reason, source, position):
-    return cls(reason, source, position)
+def _rebuild(cls, reason, source, position, message=None):
+    exc = cls(reason, source, position)
+    if message is not None:
+        exc.args = (message,)  # the label was already shortened: keep the original text
+    return exc
 
 
 class InvalidMessageError(VisionInputError):

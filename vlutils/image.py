@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import policy as _policy
 from .constants import IMAGE_MAX_TOKEN_NUM, IMAGE_MIN_TOKEN_NUM, SPATIAL_MERGE_SIZE
-from .errors import DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
+from .errors import describe_source, DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
 from .resize import check_number, smart_resize
 from .sources import FetchSettings, read_limited, resolve_source
 
@@ -48,6 +49,7 @@ def open_image(value: Any, settings: FetchSettings | None = None, max_pixels: in
     if value is None:
         raise InvalidMessageError("image is None", value)
     settings = settings or FetchSettings.from_env()
+    max_pixels = int(_policy.limit("max_pixels", max_pixels))
     source = resolve_source(value, settings)
     if source.kind == "object":
         image = _from_object(source.obj, value)
@@ -61,8 +63,10 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
     if not data:
         raise DecodeError("empty file (0 bytes)", original)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns (corrupt EXIF, big images) through `warnings`; a trainer running with
+        # -W error would get a bare UserWarning instead of our error, so route them to logging.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
@@ -71,6 +75,8 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
                     original,
                 )
             image.load()
+        for warning in caught:
+            logger.debug("%s: %s", describe_source(original), warning.message)
     except Image.DecompressionBombError as exc:
         raise SizeLimitError(f"decompression bomb: {exc}", original) from None
     except Image.UnidentifiedImageError:
@@ -88,7 +94,7 @@ def _from_object(obj: Any, original: Any) -> Image.Image:
     array = obj
     if type(obj).__module__.startswith("torch"):
         tensor = obj.detach().cpu()
-        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (3, 4):
             tensor = tensor.permute(1, 2, 0)  # CHW -> HWC
         array = tensor.numpy()
     if not isinstance(array, np.ndarray):

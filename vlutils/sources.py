@@ -25,7 +25,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Callable, Iterator
 
 import requests
+import urllib3
 
+from . import policy as _policy
 from .errors import (
     FetchError,
     FetchTimeoutError,
@@ -71,13 +73,13 @@ class FetchSettings:
         """Settings from ``VLUTILS_HTTP_CONNECT_TIMEOUT``, ``VLUTILS_HTTP_TIMEOUT`` (read),
         ``VLUTILS_HTTP_TOTAL_TIMEOUT``, ``VLUTILS_MAX_BYTES`` and ``VLUTILS_HTTP_RETRIES``."""
         d = cls()
-        return cls(
+        return _policy.apply(cls(
             connect_timeout=_env_float("VLUTILS_HTTP_CONNECT_TIMEOUT", d.connect_timeout),
             read_timeout=_env_float("VLUTILS_HTTP_TIMEOUT", d.read_timeout),
             total_timeout=_env_float("VLUTILS_HTTP_TOTAL_TIMEOUT", d.total_timeout),
             max_bytes=int(_env_float("VLUTILS_MAX_BYTES", d.max_bytes)),
             retries=int(_env_float("VLUTILS_HTTP_RETRIES", d.retries)),
-        )
+        ))
 
     def replace(self, **changes: Any) -> "FetchSettings":
         return replace(self, **changes)
@@ -123,7 +125,7 @@ def download(url: str, dest: BinaryIO, settings: FetchSettings | None = None) ->
     follows redirects by hand so that each hop is checked; enforces connect/read
     timeouts, an overall deadline and ``settings.max_bytes``.
     """
-    settings = settings or FetchSettings.from_env()
+    settings = _policy.apply(settings or FetchSettings.from_env())
     attempt = 0
     while True:
         start_pos = dest.tell()
@@ -194,7 +196,7 @@ def _read_body(response: requests.Response, dest: BinaryIO, settings: FetchSetti
         raise SizeLimitError(f"Content-Length {declared} exceeds the {settings.max_bytes}-byte limit", url)
     written = 0
     try:
-        for chunk in response.iter_content(_CHUNK):
+        for chunk in _body_chunks(response):
             written += len(chunk)
             if written > settings.max_bytes:
                 raise SizeLimitError(f"body exceeds the {settings.max_bytes}-byte limit", url)
@@ -205,11 +207,27 @@ def _read_body(response: requests.Response, dest: BinaryIO, settings: FetchSetti
         if "timed out" in str(exc).lower():
             raise FetchTimeoutError(f"body stalled for more than {settings.read_timeout}s", url) from None
         raise FetchError(f"connection broken while reading body: {_short(exc)}", url) from None
-    except requests.exceptions.ChunkedEncodingError as exc:
+    except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
         raise FetchError(f"truncated body: {_short(exc)}", url) from None
+    except urllib3.exceptions.ReadTimeoutError:
+        raise FetchTimeoutError(f"body stalled for more than {settings.read_timeout}s", url) from None
+    except urllib3.exceptions.DecodeError as exc:
+        raise FetchError(f"bad Content-Encoding: {_short(exc)}", url) from None
     if declared is not None and declared.isdigit() and written < int(declared):
         raise FetchError(f"truncated body: got {written} of {declared} bytes", url)
     return written
+
+
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """Decoded body chunks as soon as any bytes arrive (``read1``). ``iter_content(n)``
+    blocks until ``n`` bytes have arrived, so a server trickling a byte at a time would
+    never trip the read timeout and would outlast the total deadline."""
+    raw = response.raw
+    while True:
+        chunk = raw.read1(_CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
 
 
 def _short(exc: BaseException) -> str:
@@ -266,7 +284,11 @@ def file_uri_to_path(uri: str) -> str:
 
 
 def _looks_like_base64(text: str) -> bool:
-    return len(text) >= 32 and not text.startswith(("/", ".", "~")) and bool(_BASE64_RE.match(text))
+    """Long text in the base64 alphabet. Absolute paths also match the alphabet, so text
+    starting with '/' only counts when it starts like a base64 JPEG ("/9j/")."""
+    if len(text) < 32 or not _BASE64_RE.match(text):
+        return False
+    return not text.startswith(("/", ".", "~")) or text.startswith("/9j/")
 
 
 def _check_local_path(path: str, original: Any) -> str:
@@ -285,6 +307,7 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
     With ``download_urls=False`` an http(s) URL is returned as ``kind="url"`` (``path``
     holds the URL) so that video code can stream it to a temporary file instead.
     """
+    settings = _policy.apply(settings if settings is not None else FetchSettings.from_env())
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         if not data:
@@ -307,21 +330,24 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
         raise InvalidMessageError("empty source string", value)
     lowered = text[:12].lower()
     if lowered.startswith(("http://", "https://")):
-        if settings is not None and settings.url_check is not None:
+        if settings.url_check is not None:
             settings.url_check(text)
         if not download_urls:
             return Source("url", value, path=text)
         return Source("bytes", value, data=fetch_url_bytes(text, settings))
     if lowered.startswith("file://"):
-        return Source("path", value, path=_check_local_path(file_uri_to_path(text), value))
+        return Source("path", value, path=_check_local_path(_policy.check_path(file_uri_to_path(text), value), value))
     if lowered.startswith("data:"):
+        _policy.check_scheme("data", value)
         return Source("bytes", value, data=parse_data_uri(text))
     match = _SCHEME_RE.match(text)
     if match and len(match.group(1)) > 1 and text[len(match.group(0)):].startswith("//"):
         raise UnsupportedSourceError(f"unsupported URL scheme {match.group(1)!r}", value)
-    if os.path.exists(text):
-        return Source("path", value, path=_check_local_path(text, value))
+    if os.path.exists(text) or (_policy.current() is not None and not _looks_like_base64(text)):
+        # under a policy, check the path before existence so a refusal reveals nothing
+        return Source("path", value, path=_check_local_path(_policy.check_path(text, value), value))
     if _looks_like_base64(text):
+        _policy.check_scheme("base64", value)
         return Source("bytes", value, data=decode_base64(text, value))
     raise SourceNotFoundError("no such file (and not a URL, data URI or base64 string)", value)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,12 @@ def process_vision_info(
         results = [_fetch_one(item, image_patch_size, return_video_metadata) for item in items]
     else:
         with ThreadPoolExecutor(max_workers=_workers(len(items)), thread_name_prefix="vlutils-fetch") as pool:
-            futures = [pool.submit(_fetch_one, item, image_patch_size, return_video_metadata) for item in items]
+            # each task runs in a copy of the caller's context so a `vlutils.policy.use(...)`
+            # block (a contextvar) reaches the worker threads
+            futures = [
+                pool.submit(contextvars.copy_context().run, _fetch_one, item, image_patch_size, return_video_metadata)
+                for item in items
+            ]
             try:
                 results = [future.result() for future in futures]
             except BaseException:
