@@ -22,13 +22,17 @@ class FaultyServer:
     """Threaded HTTP/1.0 server; ``route(path, fn)`` registers a handler, ``requests``
     counts GETs per path, ``close()`` releases every stalled handler."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", keep_alive: bool = False):
         self.routes: dict[str, Route] = {}
         self.requests: collections.Counter[str] = collections.Counter()
         self.stop = threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps connections open between requests (for leak tests); every
+            # answer must then carry a Content-Length
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_GET(self):  # noqa: N802
                 path = self.path.split("?", 1)[0]
                 server.requests[path] += 1
