@@ -66,11 +66,18 @@ class PyAVReader:
             return self._probe
         av = _import_av()
         container = _open_container(self.path, self.source)
+        scan_error = None
         try:
             stream = container.streams.video[0]
             time_base = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             codec = stream.codec_context.name
+            declared_frames = stream.frames or 0
+            declared_seconds = None
+            if stream.duration and time_base:
+                declared_seconds = float(stream.duration * time_base)
+            elif container.duration:
+                declared_seconds = container.duration / 1_000_000
             stamps: list[int | None] = []
             keys: list[bool] = []
             try:
@@ -79,12 +86,24 @@ class PyAVReader:
                         continue  # the flush packet PyAV yields at end of stream
                     stamps.append(packet.pts if packet.pts is not None else packet.dts)
                     keys.append(packet.is_keyframe)
-            except av.FFmpegError as exc:  # truncated file: keep the packets read so far
-                logger.warning("%s: packet index stopped early: %s", self.path, _short(exc))
+            except av.FFmpegError as exc:
+                scan_error = exc
         finally:
             container.close()
+        if scan_error is not None:
+            raise DecodeError(
+                f"the file is truncated or corrupt: reading packets failed after {len(stamps)} frame(s) "
+                f"({_short(scan_error)})",
+                self.source,
+            )
         if not stamps:
             raise DecodeError("the video stream has no frames", self.source)
+        if declared_frames > len(stamps):
+            raise DecodeError(
+                f"the file is truncated: its header declares {declared_frames} frames but only "
+                f"{len(stamps)} are present",
+                self.source,
+            )
         timestamps = keyframes = None
         if None not in stamps and len(set(stamps)) == len(stamps):
             self._sorted_pts = sorted(stamps)
@@ -98,6 +117,14 @@ class PyAVReader:
         fps = float(rate) if rate else 0.0
         if fps <= 0 and timestamps and timestamps[-1] > 0:
             fps = (len(stamps) - 1) / timestamps[-1]
+        if declared_seconds and timestamps and fps > 0 and not declared_frames:
+            covered = timestamps[-1] + 1.0 / fps
+            if declared_seconds - covered > max(2.0 / fps, 0.05 * declared_seconds):
+                raise DecodeError(
+                    f"the file is truncated: its header declares {declared_seconds:.2f}s but frames "
+                    f"cover only {covered:.2f}s",
+                    self.source,
+                )
         self._probe = Probe(
             total_frames=len(stamps), fps=fps, timestamps=timestamps, keyframes=keyframes, codec=codec
         )
