@@ -30,7 +30,8 @@ from PIL import Image, ImageOps
 import vlutils
 from vlutils.errors import VisionInputError
 
-ref = pytest.importorskip("qwen_vl_utils.vision_process")
+# The reference must be installed (test extra): a missing reference fails, never skips.
+import qwen_vl_utils.vision_process as ref  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- media
