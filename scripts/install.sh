@@ -20,3 +20,8 @@ PIP=(.venv/bin/pip install --quiet --disable-pip-version-check)
 if [ -x scripts/install_refs.sh ] || [ -f scripts/install_refs.sh ]; then
     bash scripts/install_refs.sh
 fi
+
+# A second, minimal environment proves vlutils needs only CPU torch (no torchvision, decord
+# or torchcodec): tests/test_cpu_only_install.py runs images and a video through it.
+python3 -m venv .venv-cpu
+.venv-cpu/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0" -e .

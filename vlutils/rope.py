@@ -76,70 +76,107 @@ def get_rope_index(
         # One block per frame (timestamps carry the time): (t, h, w) -> t rows of (1, h, w).
         video_grid = torch.repeat_interleave(video_grid, video_grid[:, 0], dim=0)
         video_grid[:, 0] = 1
+    layout = _Layout(model_type, spatial_merge_size, tokens_per_second, image_token_id, video_token_id, vision_start_token_id)
 
+    valid = None if mask is None or bool(mask.all()) else mask.bool()
+    if valid is None or _rows_are_contiguous(valid):
+        return _vision_positions(ids, valid, image_grid, video_grid, video_seconds, layout)
+    # Holes inside a row: move each row's valid tokens to the right (stable), solve the
+    # left-padded problem, and put the ids back where the tokens came from.
+    order = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices
+    packed, deltas = _vision_positions(
+        ids.gather(1, order), valid.gather(1, order), image_grid, video_grid, video_seconds, layout
+    )
+    position_ids = torch.empty_like(packed).scatter_(2, order.unsqueeze(0).expand_as(packed), packed)
+    return position_ids, deltas
+
+
+class _Layout:
+    """The model-family constants that get_rope_index needs, bundled for the helpers."""
+
+    def __init__(self, model_type, merge, tokens_per_second, image_id, video_id, start_id):
+        self.model_type, self.merge, self.tokens_per_second = model_type, merge, tokens_per_second
+        self.image_id, self.video_id, self.start_id = image_id, video_id, start_id
+
+
+def _vision_positions(
+    ids: torch.Tensor,
+    valid: torch.Tensor | None,
+    image_grid: torch.Tensor,
+    video_grid: torch.Tensor,
+    video_seconds: torch.Tensor,
+    layout: _Layout,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vision path for rows whose valid tokens are contiguous (``valid`` None = all valid)."""
     batch, length = ids.shape
-    valid = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    device = ids.device
 
-    # The valid tokens of all rows, concatenated: the reference drops padding before looking
-    # for blocks, so "the token before" means the previous valid token of the same row.
-    cols = torch.arange(length, device=device).expand(batch, length)
-    rows = torch.arange(batch, device=device).unsqueeze(1).expand(batch, length)
-    flat_ids, flat_col, flat_row = ids[valid], cols[valid], rows[valid]
+    # 1. Blocks: an image/video pad token right after <|vision_start|>, in row-major order
+    #    (the order in which transformers consumes the grids, one counter across the batch).
+    is_image, is_video = ids == layout.image_id, ids == layout.video_id
+    opens = torch.zeros_like(is_image)
+    opens[:, 1:] = ids[:, :-1] == layout.start_id
+    if valid is not None:
+        is_image &= valid
+        is_video &= valid
+        opens[:, 1:] &= valid[:, :-1]
+    block_row, block_col = torch.nonzero((is_image | is_video) & opens, as_tuple=True)
+    block_is_image = is_image[block_row, block_col]
+    grid, step = _block_grids(block_is_image, image_grid, video_grid, video_seconds, layout)
+    llm_t, llm_h, llm_w = grid[:, 0], grid[:, 1] // layout.merge, grid[:, 2] // layout.merge
+    size = llm_t * llm_h * llm_w
+    block_end = block_col + size  # exclusive column
+    if bool((block_end > length).any()):
+        raise InvalidOptionError("a vision block runs past the end of its row: the prompt has fewer pads than its grid")
 
-    after_start = torch.zeros_like(flat_ids, dtype=torch.bool)
-    after_start[1:] = (flat_ids[:-1] == vision_start_token_id) & (flat_row[1:] == flat_row[:-1])
-    image_starts = _block_starts(flat_ids, after_start, image_token_id, image_grid, "image", spatial_merge_size)
-    video_starts = _block_starts(flat_ids, after_start, video_token_id, video_grid, "video", spatial_merge_size)
-
-    # Per block: flat start, LLM grid, temporal step D (None = integer step 1 or 0).
-    starts = torch.cat([image_starts, video_starts])
-    grids = torch.cat([image_grid, video_grid])
-    llm_t = grids[:, 0]
-    llm_h = grids[:, 1] // spatial_merge_size
-    llm_w = grids[:, 2] // spatial_merge_size
-    sizes = llm_t * llm_h * llm_w
-    n_images = image_grid.shape[0]
-
-    # Temporal id of the last frame of each block (the largest, since D >= 0).
-    if model_type == "qwen2_5_vl":
-        step = torch.cat([torch.zeros(n_images, dtype=video_seconds.dtype, device=device), video_seconds])
-        t_last = _scaled_frame_index(llm_t - 1, step, tokens_per_second)
-    else:
-        step = None
-        t_last = llm_t - 1
+    # 2. Text: index among the row's valid tokens, plus the running shift that each block adds
+    #    after its last token: (its extent over the three axes) - (its token count).
+    t_last = llm_t - 1 if step is None else _scaled_frame_index(llm_t - 1, step, layout.tokens_per_second)
     extent = torch.stack([t_last, llm_h - 1, llm_w - 1]).amax(0) + 1
-
-    # Running shift: each block adds (extent - size) to every later token of its row.
-    last_token = starts + sizes - 1
     shift = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
-    shift.index_put_((flat_row[last_token], flat_col[last_token] + 1), extent - sizes, accumulate=True)
-    shift = shift[:, :length].cumsum(1)
-    rank = (valid.long().cumsum(1) - 1) if mask is not None else cols
-    text_pos = rank + shift
+    shift.index_put_((block_row, block_end), extent - size, accumulate=True)
+    shift = shift.cumsum(1)
+    columns = torch.arange(length, device=device)
+    if valid is None:
+        text = columns + shift[:, :length]
+        n_valid = torch.full((batch, 1), length, dtype=torch.long, device=device)
+    else:  # one run of valid tokens per row: index = column - first valid column; padding gets 1
+        n_valid = valid.sum(1, keepdim=True)
+        first_valid = valid.to(torch.uint8).argmax(1, keepdim=True)
+        text = torch.where(valid, columns - first_valid + shift[:, :length], 1)
+    position_ids = text.unsqueeze(0).repeat(3, 1, 1)
 
-    position_ids = torch.where(valid, text_pos, torch.ones_like(text_pos)).unsqueeze(0).repeat(3, 1, 1)
+    # 3. Vision tokens, built one grid row (w' tokens) at a time so no per-token division is needed.
+    if block_row.numel() > 0:
+        start_pos = text[block_row, block_col]
+        rows_per_block = llm_t * llm_h
+        row_block = torch.repeat_interleave(torch.arange(rows_per_block.numel(), device=device), rows_per_block)
+        row_in_block = torch.arange(row_block.numel(), device=device) - _first_index(rows_per_block)[row_block]
+        frame = row_in_block // llm_h[row_block]
+        row_y = row_in_block - frame * llm_h[row_block]
+        if step is not None:
+            frame = _scaled_frame_index(frame, step[row_block], layout.tokens_per_second)
+        row_w = llm_w[row_block]
+        row_pos = start_pos[row_block]
+        row_first_token = (block_row * length + block_col)[row_block] + row_in_block * row_w
+        n_tokens = int(size.sum())
+        row_out = _first_index(row_w)  # where each grid row starts among the vision tokens
+        k = torch.arange(n_tokens, device=device)
 
-    # Vision tokens: block start id + (temporal, row, column) offsets.
-    if sizes.numel() > 0 and int(sizes.sum()) > 0:
-        block = torch.repeat_interleave(torch.arange(sizes.numel(), device=device), sizes)
-        first = torch.cumsum(sizes, 0) - sizes
-        offset = torch.arange(block.numel(), device=device) - first[block]
-        tok = starts[block] + offset
-        tok_row, tok_col = flat_row[tok], flat_col[tok]
-        plane = (llm_h * llm_w)[block]
-        frame = offset // plane
-        if step is None:
-            t_off = frame
-        else:
-            t_off = _scaled_frame_index(frame, step[block], tokens_per_second)
-        block_start_pos = text_pos[flat_row[starts], flat_col[starts]][block]
-        within = offset % plane
-        position_ids[0, tok_row, tok_col] = block_start_pos + t_off
-        position_ids[1, tok_row, tok_col] = block_start_pos + within // llm_w[block]
-        position_ids[2, tok_row, tok_col] = block_start_pos + within % llm_w[block]
+        def per_token(row_values: torch.Tensor) -> torch.Tensor:
+            return torch.repeat_interleave(row_values, row_w, output_size=n_tokens)
 
-    row_max = torch.where(valid, position_ids.amax(0), torch.full_like(text_pos, -1)).amax(1, keepdim=True)
-    deltas = row_max + 1 - length
+        token = k + per_token(row_first_token - row_out)
+        _check_pads(ids, valid, token, per_token(block_is_image[row_block]), is_image, is_video, size, block_is_image, layout)
+        flat = position_ids.view(3, -1)
+        flat[0].index_copy_(0, token, per_token(row_pos + frame))
+        flat[1].index_copy_(0, token, per_token(row_pos + row_y))
+        flat[2].index_copy_(0, token, k + per_token(row_pos - row_out))
+
+    elif bool(is_image.any()) or bool(is_video.any()):
+        raise InvalidOptionError("image/video pad token found outside a <|vision_start|> block")
+    # The next free id (max + 1) is what the text after the row would get.
+    deltas = n_valid + shift[:, length:] - length
     return position_ids, deltas
 
 
@@ -188,49 +225,65 @@ def _text_only(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tens
     return pos.unsqueeze(0).expand(3, -1, -1).contiguous(), deltas
 
 
-def _block_starts(
-    flat_ids: torch.Tensor,
-    after_start: torch.Tensor,
-    pad_id: int,
-    grid: torch.Tensor,
-    kind: str,
-    merge: int,
-) -> torch.Tensor:
-    """Flat indices where each ``kind`` block begins, checked against ``grid``.
+def _first_index(counts: torch.Tensor) -> torch.Tensor:
+    """Start offset of each group when groups of ``counts`` items are laid end to end."""
+    return torch.cumsum(counts, 0) - counts
 
-    A block is a pad token right after ``<|vision_start|>``; it must be followed by exactly
-    ``t * (h // merge) * (w // merge)`` pads (all in one row), and no pad may sit outside a block.
+
+def _rows_are_contiguous(valid: torch.Tensor) -> bool:
+    """True when every row's valid tokens form one run (left, right or no padding)."""
+    runs = (valid[:, 1:] & ~valid[:, :-1]).sum(1) + valid[:, 0]
+    return bool((runs <= 1).all())
+
+
+def _block_grids(
+    block_is_image: torch.Tensor,
+    image_grid: torch.Tensor,
+    video_grid: torch.Tensor,
+    video_seconds: torch.Tensor,
+    layout: _Layout,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each block's (t, h, w) grid and, for Qwen2.5-VL, its seconds per temporal patch
+    (images: 0); blocks take the image/video grids in order."""
+    n_images, n_videos = int(block_is_image.sum()), int((~block_is_image).sum())
+    for kind, found, grid in (("image", n_images, image_grid), ("video", n_videos, video_grid)):
+        if found != grid.shape[0]:
+            pad = layout.image_id if kind == "image" else layout.video_id
+            raise InvalidOptionError(
+                f"the prompt has {found} {kind} block(s) (<|vision_start|> followed by the {kind} pad "
+                f"token {pad}) but {kind}_grid_thw has {grid.shape[0]} row(s)"
+                + (" (Qwen3-VL counts one block per video frame)" if kind == "video" else "")
+            )
+    if bool((image_grid[:, 1:] < layout.merge).any()) or bool((video_grid[:, 1:] < layout.merge).any()):
+        raise InvalidOptionError(f"grid heights and widths must be at least spatial_merge_size={layout.merge}")
+    grid = torch.empty(block_is_image.numel(), 3, dtype=torch.long, device=block_is_image.device)
+    grid[block_is_image] = image_grid
+    grid[~block_is_image] = video_grid
+    if layout.model_type != "qwen2_5_vl":
+        return grid, None
+    step = torch.zeros(block_is_image.numel(), dtype=video_seconds.dtype, device=block_is_image.device)
+    step[~block_is_image] = video_seconds
+    return grid, step
+
+
+def _check_pads(ids, valid, token, token_is_image, is_image, is_video, size, block_is_image, layout) -> None:
+    """Every block must be exactly its grid's number of pads, and no pad may sit outside a block.
+
+    ``token`` lists the flat index of every token the grids assign to a block; they must all be
+    valid pads of the block's kind, and together account for every valid pad of the prompt.
     """
-    is_pad = flat_ids == pad_id
-    starts = torch.nonzero(after_start & is_pad).flatten()
-    if starts.numel() != grid.shape[0]:
+    got = ids.view(-1).index_select(0, token)
+    expected = torch.where(token_is_image, layout.image_id, layout.video_id)
+    ok = got == expected
+    if valid is not None:
+        ok &= valid.view(-1).index_select(0, token)
+    n_image_tokens = int(size[block_is_image].sum())
+    if not bool(ok.all()) or n_image_tokens != int(is_image.sum()) or int(size.sum()) - n_image_tokens != int(is_video.sum()):
         raise InvalidOptionError(
-            f"the prompt has {starts.numel()} {kind} block(s) (<|vision_start|> followed by the {kind} pad "
-            f"token {pad_id}) but {kind}_grid_thw has {grid.shape[0]} row(s)"
-            + (" (Qwen3-VL counts one block per video frame)" if kind == "video" else "")
+            f"the pad tokens do not match the grids: the prompt has {int(is_image.sum())} image and "
+            f"{int(is_video.sum())} video pads, the grids need {n_image_tokens} and {int(size.sum()) - n_image_tokens}, "
+            f"each run right after its <|vision_start|>"
         )
-    if starts.numel() == 0:
-        if bool(is_pad.any()):
-            raise InvalidOptionError(f"{kind} pad token {pad_id} found outside a <|vision_start|> block")
-        return starts
-    sizes = grid[:, 0] * (grid[:, 1] // merge) * (grid[:, 2] // merge)
-    ends = starts + sizes
-    pad_count = torch.zeros(flat_ids.numel() + 1, dtype=torch.long, device=flat_ids.device)
-    pad_count[1:] = is_pad.long().cumsum(0)
-    fits = ends <= flat_ids.numel()
-    inside = torch.where(fits, pad_count[ends.clamp(max=flat_ids.numel())] - pad_count[starts], -1)
-    bad = torch.nonzero(inside != sizes).flatten()
-    if bad.numel() > 0:
-        k = int(bad[0])
-        raise InvalidOptionError(
-            f"{kind} {k}: {kind}_grid_thw {grid[k].tolist()} needs {int(sizes[k])} consecutive pad tokens "
-            f"after <|vision_start|>, the prompt has a different count"
-        )
-    if int(sizes.sum()) != int(is_pad.sum()):
-        raise InvalidOptionError(
-            f"{int(is_pad.sum())} {kind} pad tokens in the prompt but {kind}_grid_thw accounts for {int(sizes.sum())}"
-        )
-    return starts
 
 
 def _as_ids(input_ids: Any) -> torch.Tensor:
@@ -250,7 +303,7 @@ def _as_mask(attention_mask: Any, ids: torch.Tensor) -> torch.Tensor | None:
         raise InvalidOptionError(
             f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}"
         )
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+    if mask.dtype != torch.bool and mask.numel() > 0 and not (0 <= int(mask.min()) and int(mask.max()) <= 1):
         raise InvalidOptionError("attention_mask must contain only 0 and 1")
     return mask
 
