@@ -86,8 +86,13 @@ class Qwen2VL(nn.Module):
         image_grid_thw: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
+        strict: bool = True,
     ) -> torch.Tensor:
-        """Token embeddings with every image/video placeholder replaced by its vision vector."""
+        """Token embeddings with every image/video placeholder replaced by its vision vector.
+
+        ``strict``: placeholders without pixel values are an error (a forgotten image);
+        off while decoding, where a sampled token may happen to be a placeholder id.
+        """
         embeds = self.model.embed_tokens(input_ids)
         media = (
             ("image", pixel_values, image_grid_thw, self.config.image_token_id),
@@ -96,7 +101,7 @@ class Qwen2VL(nn.Module):
         for kind, pixels, grid, token_id in media:
             slots = input_ids == token_id
             if pixels is None:
-                if slots.any():
+                if strict and slots.any():
                     raise ValueError(f"input_ids hold {kind} placeholder tokens but no {kind} pixel values were given")
                 continue
             if grid is None:
@@ -143,7 +148,9 @@ class Qwen2VL(nn.Module):
                 )
         elif position_ids.ndim == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
-        embeds = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+        embeds = self.embed(
+            input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, strict=past == 0
+        )
         hidden = self.model(embeds, position_ids.to(embeds.device), attention_mask, cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]

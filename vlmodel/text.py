@@ -20,6 +20,9 @@ from torch import nn
 
 from .config import TextConfig
 
+# torch >= 2.5 reads shared key/value heads in place (no copy of the cache per step).
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 def activation(name: str):
     """The few activation functions used by Qwen2-VL-family checkpoints."""
@@ -59,16 +62,19 @@ def mrope_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (B, L, head_dim) for positions (3, B, L).
 
-    Frequency ``i`` rotates by the position on axis ``axis_of[i]`` (0 = t, 1 = h, 2 = w),
-    where ``axis_of`` repeats each axis ``mrope_section[axis]`` times.  Computed in
-    float32, then cast to the activation dtype.
+    The first ``mrope_section[0]`` frequencies rotate by the temporal position, the next
+    ``mrope_section[1]`` by the row, the last ``mrope_section[2]`` by the column.
+    Computed in float32, then cast to the activation dtype.
     """
     half = cfg.head_dim // 2
     device = position_ids.device
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
-    axis_of = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(cfg.mrope_section, device=device))
-    pos = position_ids.float()[axis_of]  # (half, B, L): each frequency's own position axis
-    freqs = pos.permute(1, 2, 0) * inv_freq  # (B, L, half)
+    pos = position_ids.float()
+    parts, start = [], 0
+    for axis, width in enumerate(cfg.mrope_section):  # (t, h, w) sections of the frequencies
+        parts.append(pos[axis, :, :, None] * inv_freq[start : start + width])
+        start += width
+    freqs = torch.cat(parts, dim=-1)  # (B, L, half)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -119,9 +125,10 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         # Grouped-query attention: query head h reads key/value head h // group.
         group = self.num_heads // self.num_kv_heads
-        if group > 1:
+        if group > 1 and not _SDPA_GQA:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        gqa = {"enable_gqa": True} if group > 1 and _SDPA_GQA else {}
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

@@ -1,0 +1,204 @@
+"""vlmodel vs transformers on the same random checkpoint: forward latency and greedy tokens/s.
+
+    .venv/bin/python bench/bench_model.py                  # CPU float32, tiny + ~100M, both families
+    .venv/bin/python bench/bench_model.py --sizes base --families qwen2_vl --device cuda --dtype bfloat16
+
+For each (family, size) a checkpoint with random weights is written with transformers'
+``save_pretrained`` and loaded by both libraries.  Timings alternate between the two
+models run after run (so background load hits both alike) and report the median.
+Memory comes from a child process per library that loads the model and runs one
+forward and one generation: peak RSS, and the peak minus the RSS right after importing
+the library (CPU); the peak CUDA allocation (GPU).
+Needs transformers (a test dependency); vlmodel itself never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+from _tiny_checkpoints import hf_model, images, prompt  # noqa: E402
+
+import vlmodel  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def inputs(image_hw: int, device: str):
+    pv, grid = images([(image_hw, image_hw)], seed=0)
+    ids = prompt([12, ("image", tuple(int(x) for x in grid[0])), 20], seed=0)
+    return ids.to(device), pv.to(device), grid.to(device)
+
+
+def load(engine: str, path: str, dtype: torch.dtype, device: str):
+    if engine == "vlmodel":
+        return vlmodel.from_pretrained(path, dtype=dtype, device=device)
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return model.to(device).eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def forward_once(engine, model, ids, pv, grid, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if engine == "vlmodel":
+            model(ids, pixel_values=pv, image_grid_thw=grid)
+        else:
+            model(input_ids=ids, pixel_values=pv, image_grid_thw=grid)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def generate_once(engine, model, ids, pv, grid, new_tokens, device) -> tuple[float, list[int]]:
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if engine == "vlmodel":
+            out = model.generate(ids, pixel_values=pv, image_grid_thw=grid, max_new_tokens=new_tokens,
+                                 stop_token_ids=[])
+        else:
+            out = model.generate(input_ids=ids, pixel_values=pv, image_grid_thw=grid, do_sample=False,
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+            out = out[:, ids.shape[1]:]
+    sync(device)
+    return time.perf_counter() - t0, out[0].tolist()
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":")) / 1024
+
+
+def child(args) -> None:
+    """One engine in a fresh process: load, one forward, one generation; print memory (MiB).
+
+    ``rss_mib``: peak resident memory of the process; ``added_mib``: that peak minus the
+    RSS after importing the engine (the model, activations and caches)."""
+    dtype, device = DTYPES[args.dtype], args.device
+    ids, pv, grid = torch.load(args.inputs)
+    if args.child == "transformers":
+        import transformers  # noqa: F401  (counted in the baseline, like vlmodel's import)
+    base = _status_mib("VmRSS")
+    model = load(args.child, args.path, dtype, device)
+    ids, pv, grid = ids.to(device), pv.to(device), grid.to(device)
+    forward_once(args.child, model, ids, pv, grid, device)
+    generate_once(args.child, model, ids, pv, grid, args.new_tokens, device)
+    if device.startswith("cuda"):
+        out = {"added_mib": torch.cuda.max_memory_allocated() / 2**20}
+    else:
+        peak = _status_mib("VmHWM")  # this process's own high-water mark (ru_maxrss survives fork+exec)
+        out = {"rss_mib": peak, "added_mib": peak - base}
+    print(json.dumps(out))
+
+
+def peak_memory(engine: str, path: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", engine, "--path", path, "--inputs", os.path.join(path, "inputs.pt"),
+           "--dtype", args.dtype, "--device", args.device, "--new-tokens", str(args.new_tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"memory child for {engine} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_one(family: str, size: str, args) -> dict:
+    dtype, device = DTYPES[args.dtype], args.device
+    with tempfile.TemporaryDirectory() as path:
+        hf = hf_model(family, seed=0, size=size, init=0.02)
+        n_params = sum(p.numel() for p in hf.parameters())
+        hf.save_pretrained(path)
+        del hf
+        models = {e: load(e, path, dtype, device) for e in ("transformers", "vlmodel")}
+        ids, pv, grid = inputs(args.image, device)
+        torch.save((ids.cpu(), pv.cpu(), grid.cpu()), os.path.join(path, "inputs.pt"))
+        fwd = {e: [] for e in models}
+        gen = {e: [] for e in models}
+        tokens = {}
+        for e, m in models.items():  # warm-up
+            forward_once(e, m, ids, pv, grid, device)
+            generate_once(e, m, ids, pv, grid, 4, device)
+        for _ in range(args.repeats):
+            for e, m in models.items():
+                fwd[e].append(forward_once(e, m, ids, pv, grid, device))
+        for _ in range(args.gen_repeats):
+            for e, m in models.items():
+                seconds, tokens[e] = generate_once(e, m, ids, pv, grid, args.new_tokens, device)
+                gen[e].append(seconds)
+        del models
+        peaks = {e: peak_memory(e, path, args) for e in ("transformers", "vlmodel")} if not args.no_memory else {}
+    row = {
+        "family": family, "size": size, "params_m": round(n_params / 1e6, 1),
+        "prompt_tokens": ids.shape[1], "visual_tokens": int(grid.prod(-1).sum()) // 4,
+        "same_greedy_tokens": tokens["vlmodel"] == tokens["transformers"],
+    }
+    for e in ("transformers", "vlmodel"):
+        row[f"{e}_forward_ms"] = round(1000 * statistics.median(fwd[e]), 2)
+        row[f"{e}_tokens_per_s"] = round(args.new_tokens / statistics.median(gen[e]), 1)
+        if peaks:
+            row[f"{e}_added_mib"] = round(peaks[e]["added_mib"])
+            if "rss_mib" in peaks[e]:
+                row[f"{e}_peak_rss_mib"] = round(peaks[e]["rss_mib"])
+    row["forward_speedup"] = round(row["transformers_forward_ms"] / row["vlmodel_forward_ms"], 2)
+    row["tokens_per_s_ratio"] = round(row["vlmodel_tokens_per_s"] / row["transformers_tokens_per_s"], 2)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="tiny,base", help="tiny (~1M) and/or base (~100M parameters)")
+    p.add_argument("--families", default="qwen2_vl,qwen2_5_vl")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--image", type=int, default=448, help="square image side in pixels")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--gen-repeats", type=int, default=3)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--inputs", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    torch.manual_seed(0)
+    print(f"# torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
+          f"image {args.image}x{args.image}, {args.new_tokens} new tokens", flush=True)
+    rows = []
+    for size in args.sizes.split(","):
+        for family in args.families.split(","):
+            row = bench_one(family, size, args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    cols = ["family", "size", "params_m", "transformers_forward_ms", "vlmodel_forward_ms", "forward_speedup",
+            "transformers_tokens_per_s", "vlmodel_tokens_per_s", "tokens_per_s_ratio"]
+    mem = ("transformers_added_mib", "vlmodel_added_mib", "transformers_peak_rss_mib", "vlmodel_peak_rss_mib")
+    cols += [c for c in mem if c in rows[0]] + ["same_greedy_tokens"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
