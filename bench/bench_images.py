@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7, help="timed calls per case and library (after one warm-up)")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--workers-sweep", action="store_true",
+                        help="also time vlutils on each case with 1, 2, 4 and 8 fetch workers")
     parser.add_argument("--memory-worker", choices=LIBS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
@@ -249,8 +251,39 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for row in rows:
         print(row)
+    if args.workers_sweep:
+        print()
+        print(workers_sweep(cases, paths, args.reps))
     if not all_same:
         raise SystemExit("outputs differ")
+
+
+def workers_sweep(cases: list[str], paths: dict, reps: int) -> str:
+    """vlutils wall/CPU per call with the thread pool capped at 1, 2, 4, 8 workers."""
+    import vlutils.vision_process as vp
+
+    counts = (1, 2, 4, 8)
+    lines = ["| case | " + " | ".join(f"{n} worker{'s' * (n > 1)} ms (CPU)" for n in counts) + " |",
+             "|---|" + "---:|" * len(counts)]
+    saved = vp.MAX_FETCH_WORKERS
+    try:
+        for case in cases:
+            messages = case_messages(case, paths)
+            vp.process_vision_info(messages)
+            cells = {n: ([], []) for n in counts}
+            for rep in range(reps):  # interleaved, like the main table
+                for n in counts if rep % 2 == 0 else counts[::-1]:
+                    vp.MAX_FETCH_WORKERS = n
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    vp.process_vision_info(messages)
+                    cells[n][0].append(time.perf_counter() - start)
+                    cells[n][1].append(time.process_time() - start_cpu)
+            lines.append(f"| {case} | " + " | ".join(
+                f"{statistics.median(w) * 1000:.0f} ({statistics.median(c) * 1000:.0f})" for w, c in cells.values()
+            ) + " |")
+    finally:
+        vp.MAX_FETCH_WORKERS = saved
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
