@@ -171,6 +171,7 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
         variable_frame_rate=plan_.vfr,
         fast_resize=fast_resize and backend.supports_fast_resize,
         seeks=getattr(result.reader, "seeks", None),
+        frames_decoded=getattr(result.reader, "decoded", None),
         seconds=time.monotonic() - started,
     )
     logger.info("video %s: %d frames @ %.3g fps -> %s via %s in %.2fs", _short_label(value), nframes, sample_fps,

@@ -4,12 +4,17 @@ Why it is fast and small: the packet index (read once, cheap) gives the exact fr
 count, timestamps and keyframes; decoding then seeks to the keyframe before a wanted
 frame whenever that skips work, drops unwanted frames without converting them, and
 converts each wanted frame (optionally scaling it inside FFmpeg) the moment it appears.
+Packets of unwanted frames are sent with ``skip_frame=NONREF``, so the codec skips
+frames that no other frame references (B-frames, mostly) instead of decoding them;
+frames that are wanted or referenced decode exactly as usual
+(``VLUTILS_VIDEO_SKIP_NONREF=0`` turns this off).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -55,6 +60,7 @@ class PyAVReader:
         self._sorted_pts: list[int] | None = None
         self._index_of: dict[int, int] | None = None
         self.rotation = 0
+        self.skip_nonref = os.environ.get("VLUTILS_VIDEO_SKIP_NONREF", "1") != "0"
         self.seeks = 0
         self.decoded = 0
 
@@ -143,6 +149,9 @@ class PyAVReader:
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
             codec = stream.codec_context
+            wanted_set = set(wanted)
+            skip_unwanted = self.skip_nonref and self._index_of is not None
+            skip_mode = "DEFAULT"
             pos = 0
             last = -1  # index of the last frame that came out of the decoder
             seek_to = self._seek_target(keyframes, wanted[0], last) if can_seek else None
@@ -157,6 +166,11 @@ class PyAVReader:
                 for packet in container.demux(stream):
                     if should_stop():
                         return
+                    if skip_unwanted:
+                        # a non-reference frame nobody wants need not be decoded at all
+                        mode = "DEFAULT" if packet.pts is None or self._index_of.get(packet.pts, -1) in wanted_set else "NONREF"
+                        if mode != skip_mode:
+                            codec.skip_frame = skip_mode = mode
                     try:
                         frames = codec.decode(packet)
                     except av.FFmpegError as exc:

@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Video loading benchmark: vlutils (each backend) vs qwen-vl-utils 0.0.14 (decord) vs the
+decode floor, on generated videos. Each measurement runs in its own process; the table
+reports the time of the call alone (imports excluded) and the process's peak RSS.
+
+    python bench/bench_video.py                       # all cases, all runners
+    python bench/bench_video.py --cases 60s,sparse16 --runners vlutils-pyav,reference-decord
+    python bench/bench_video.py --repeat 3 --json bench/out/video.json
+
+Videos are generated once into bench/media/ (git-ignored) with PyAV: FFmpeg's testsrc2
+pattern encoded with libx264 (preset veryfast, default B-frames and GOP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+logger = logging.getLogger("bench_video")
+
+MEDIA = {
+    "h264_640x480_60s.mp4": (640, 480, 60),
+    "h264_854x480_10min.mp4": (854, 480, 600),
+    "h264_1920x1080_30s.mp4": (1920, 1080, 30),
+}
+CASES = {
+    "60s": ("h264_640x480_60s.mp4", {}),
+    "10min": ("h264_854x480_10min.mp4", {}),
+    "1080p": ("h264_1920x1080_30s.mp4", {}),
+    "sparse16": ("h264_854x480_10min.mp4", {"nframes": 16}),
+}
+RUNNERS = [
+    "reference-decord",
+    "vlutils-pyav",
+    "vlutils-pyav-uint8",
+    "vlutils-pyav-fast",
+    "vlutils-decord",
+    "vlutils-torchcodec",
+    "floor-pyav",
+    "floor-ffmpeg",
+]
+
+
+# ----------------------------------------------------------------------------- media
+def generate(path: Path, width: int, height: int, seconds: int, rate: int = 30) -> None:
+    """testsrc2 -> libx264 (veryfast) with PyAV; written to a temp name, then renamed."""
+    import av
+
+    tmp = path.with_suffix(".part.mp4")
+    logger.info("generating %s (%dx%d, %ds)...", path.name, width, height, seconds)
+    src = av.open(f"testsrc2=size={width}x{height}:rate={rate}:duration={seconds}", format="lavfi")
+    with src, av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=rate, options={"preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in src.decode(video=0):
+            frame.pts = None
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    tmp.rename(path)
+
+
+def ensure_media(media: Path, names: set[str]) -> None:
+    media.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names):
+        if not (media / name).exists():
+            generate(media / name, *MEDIA[name])
+
+
+# ----------------------------------------------------------------------------- child
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(runner: str, path: str, options: dict) -> dict:
+    """Run one measurement in this (fresh) process and return its figures."""
+    ele = {"video": path, **options}
+    if runner == "floor-ffmpeg":
+        ffmpeg = shutil.which("ffmpeg")
+        if not ffmpeg:
+            return {"skipped": "ffmpeg CLI not installed"}
+        start = time.perf_counter()
+        subprocess.run([ffmpeg, "-v", "error", "-threads", "0", "-i", path, "-map", "0:v:0", "-f", "null", "-"],
+                       check=True)
+        return {"seconds": time.perf_counter() - start}
+    if runner == "floor-pyav":
+        import av
+
+        start = time.perf_counter()
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            count = sum(1 for _ in container.decode(stream))
+        return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "frames": count}
+    import torch
+
+    if runner == "reference-decord":
+        os.environ["FORCE_QWENVL_VIDEO_READER"] = "decord"
+        from qwen_vl_utils import vision_process as vp
+
+        call = lambda: vp.fetch_video(ele, return_video_sample_fps=True)  # noqa: E731
+    else:
+        from vlutils.video import fetch_video
+        from vlutils.video.backends import VIDEO_READER_BACKENDS
+
+        backend = runner.split("-")[1]
+        reason = VIDEO_READER_BACKENDS[backend].unavailable_reason()
+        if reason:
+            return {"skipped": reason}
+        kwargs = {"backend": backend}
+        if runner.endswith("-uint8"):
+            kwargs["output_dtype"] = torch.uint8
+        if runner.endswith("-fast"):
+            kwargs["fast_resize"] = True
+        call = lambda: fetch_video(ele, return_video_sample_fps=True, **kwargs)  # noqa: E731
+    base_rss = peak_rss_mb()
+    start = time.perf_counter()
+    video, sample_fps = call()
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": base_rss,
+        "output_mb": video.numel() * video.element_size() / 2**20,
+        "shape": list(video.shape),
+        "sample_fps": sample_fps,
+    }
+
+
+def run_child(runner: str, case: str, media: Path, timeout: float) -> dict:
+    name, options = CASES[case]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", runner, str(media / name), json.dumps(options)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:200]}
+    return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------------------- table
+def table(results: dict) -> str:
+    rows = ["| case | runner | time (s) | vs reference | vs floor | peak RSS (MB) | output (MB) | RSS - output (MB) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for case, by_runner in results.items():
+        ref = by_runner.get("reference-decord", {}).get("seconds")
+        floor = min((by_runner.get(r, {}).get("seconds") or float("inf")) for r in ("floor-pyav", "floor-ffmpeg"))
+        floor = None if floor == float("inf") or case == "sparse16" else floor
+        for runner, r in by_runner.items():
+            if "seconds" not in r:
+                rows.append(f"| {case} | {runner} | {r.get('skipped') or r.get('error')} | | | | | |")
+                continue
+            s = r["seconds"]
+            vs_ref = f"{ref / s:.2f}x faster" if ref and not runner.startswith(("reference", "floor")) else ""
+            vs_floor = f"{s / floor:.2f}x" if floor and not runner.startswith("floor") else ""
+            rss = r.get("peak_rss_mb")
+            out = r.get("output_mb")
+            rows.append(
+                f"| {case} | {runner} | {s:.2f} | {vs_ref} | {vs_floor} | "
+                f"{rss:.0f} | {'' if out is None else f'{out:.0f}'} | {'' if out is None or rss is None else f'{rss - out:.0f}'} |"
+                if rss is not None else f"| {case} | {runner} | {s:.2f} | {vs_ref} | {vs_floor} | | | |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        print(json.dumps(child(argv[1], argv[2], json.loads(argv[3]))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--media", default=str(HERE / "media"))
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--runners", default=",".join(RUNNERS))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is kept")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cases = [c for c in args.cases.split(",") if c]
+    runners = [r for r in args.runners.split(",") if r]
+    for name in cases + runners:
+        if name not in CASES and name not in RUNNERS:
+            parser.error(f"unknown case/runner {name!r}")
+    media = Path(args.media)
+    ensure_media(media, {CASES[c][0] for c in cases})
+    results: dict = {}
+    for case in cases:
+        results[case] = {}
+        for runner in runners:
+            if case == "sparse16" and runner.startswith("floor"):
+                continue
+            best: dict = {}
+            for _ in range(args.repeat):
+                r = run_child(runner, case, media, args.timeout)
+                if "seconds" in r and ("seconds" not in best or r["seconds"] < best["seconds"]):
+                    best = r
+                elif not best:
+                    best = r
+            results[case][runner] = best
+            logger.info("%-9s %-20s %s", case, runner, json.dumps(best))
+    report = table(results)
+    print(report)
+    load = os.getloadavg()
+    print(f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end; "
+          f"python {sys.version.split()[0]}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
