@@ -235,3 +235,17 @@ def test_force_env_read_at_call_time(monkeypatch):
     backend_or_skip("decord")
     monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "decord")
     assert fetch_video({"video": path}, return_video_metadata=True)[1]["video_backend"] == "decord"
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_backend_callables_follow_the_reference_reader_contract(backend):
+    """VIDEO_READER_BACKENDS[name](ele) -> (uint8 TCHW at source size, metadata, sample_fps)."""
+    backend_or_skip(backend)
+    from vlutils.video import VIDEO_READER_BACKENDS
+
+    with __import__("_video_helpers").reference_decord() as vp:
+        ele = {"video": fixture("h264_rotate90.mp4"), "fps": 3, "video_start": 0.4}
+        ref_video, ref_md, ref_fps = vp._read_video_decord(dict(ele))
+    video, md, fps = VIDEO_READER_BACKENDS[backend](dict(ele))
+    assert video.dtype == torch.uint8 and torch.equal(video, ref_video)
+    assert md["frames_indices"] == ref_md["frames_indices"] and fps == ref_fps

@@ -122,8 +122,18 @@ def _label(value: Any) -> Any:
     return value if isinstance(value, str) else None
 
 
+def read_video(ele: dict[str, Any], backend: str | None = None, timeout: float | None = None):
+    """The reference's per-backend reader contract, ``VIDEO_READER_BACKENDS[name](ele)``:
+    ``(uint8 TCHW frames at source size, metadata, sample_fps)`` - no resize."""
+    value = video_source(ele)
+    if "video" not in ele:
+        ele = {**ele, "video": value}
+    return _fetch_file(ele, value, 14, backend, _policy.limit("decode_timeout", video_timeout(timeout)),
+                       torch.uint8, False, None, _policy.limit("max_frames", None), resize=False)
+
+
 def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtype, fast_resize, settings,
-                max_frames=None):
+                max_frames=None, resize=True):
     started = time.monotonic()
     backend = resolve_backend(backend_name if backend_name is not None else get_video_reader_backend())
 
@@ -138,6 +148,8 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
     nframes_box: list[int] = []
 
     def size(height: int, width: int) -> tuple[int, int]:
+        if not resize:
+            return height, width
         return video_target_size(ele, nframes_box[0], height, width, image_patch_size)
 
     def plan_and_remember(probe: Probe) -> Plan:
@@ -211,4 +223,4 @@ def _short_label(value: Any) -> str:
     return describe_source(value, 80)
 
 
-__all__ = ["fetch_video", "video_source", "video_timeout", "DEFAULT_TIMEOUT", "TIMEOUT_ENV"]
+__all__ = ["fetch_video", "read_video", "video_source", "video_timeout", "DEFAULT_TIMEOUT", "TIMEOUT_ENV"]

@@ -17,11 +17,39 @@ logger = logging.getLogger(__name__)
 DEFAULT_BACKEND = "pyav"
 ENV_VAR = "FORCE_QWENVL_VIDEO_READER"
 
+class _Callable:
+    """Makes ``VIDEO_READER_BACKENDS[name](ele)`` work as in qwen-vl-utils: it returns
+    ``(uint8 TCHW frames, metadata, sample_fps)`` without resizing."""
+
+    name: str
+
+    def __call__(self, ele):
+        from ..fetch import read_video  # noqa: PLC0415 - fetch imports this module
+
+        return read_video(ele, backend=self.name)
+
+
+class _PyAV(_Callable, PyAVBackend):
+    pass
+
+
+class _Decord(_Callable, DecordBackend):
+    pass
+
+
+class _Torchcodec(_Callable, TorchcodecBackend):
+    pass
+
+
+class _Torchvision(_Callable, TorchvisionBackend):
+    pass
+
+
 VIDEO_READER_BACKENDS: dict[str, Backend] = {
-    "pyav": PyAVBackend(),
-    "decord": DecordBackend(),
-    "torchcodec": TorchcodecBackend(),
-    "torchvision": TorchvisionBackend(),
+    "pyav": _PyAV(),
+    "decord": _Decord(),
+    "torchcodec": _Torchcodec(),
+    "torchvision": _Torchvision(),
 }
 
 
