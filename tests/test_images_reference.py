@@ -616,3 +616,44 @@ def test_demo_fixtures_match_reference(monkeypatch):
         original = ImageOps.exif_transpose(Image.open(REPO / path))
         options = {k: v for k, v in item.items() if k not in ("type", "image", "image_url")}
         assert_same(actual, ref.fetch_image({"image": original, **options}))
+
+
+# ----------------------------------------------------------------------------- property-based
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FORMATS_BY_MODE = {
+    "RGB": ["PNG", "JPEG", "WEBP", "GIF"],
+    "L": ["PNG", "JPEG", "WEBP", "GIF"],
+    "CMYK": ["JPEG"],
+    "RGBA": ["PNG", "WEBP"],
+    "P": ["PNG", "GIF"],
+    "I;16": ["PNG"],
+}
+
+
+@st.composite
+def image_cases(draw):
+    mode = draw(st.sampled_from(sorted(FORMATS_BY_MODE)))
+    fmt = draw(st.sampled_from(FORMATS_BY_MODE[mode]))
+    ratio_side = draw(st.integers(1, 199))
+    width = draw(st.integers(1, 700))
+    height = draw(st.one_of(st.integers(1, 700), st.just(max(1, min(4000, width * ratio_side))),
+                            st.just(max(1, width // ratio_side))))
+    patch = draw(st.sampled_from([14, 16]))
+    kind = draw(st.sampled_from(["default", "pixels", "resized"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return mode, fmt, width, height, patch, kind, seed
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=image_cases())
+def test_random_images_match_reference(tmp_path, case):
+    """Random sizes (ratios up to ~199), modes, formats, options and patch sizes."""
+    mode, fmt, width, height, patch, kind, seed = case
+    spec = Spec(f"h{seed}.{fmt.lower()}", width, height, mode, fmt)
+    path = tmp_path / f"{seed}-{width}x{height}-{mode.replace(';', '')}.{fmt.lower()}"
+    save(make_image(spec), path, fmt)
+    options = random_options(random.Random(seed), patch, kind)
+    ele = {"image": str(path), **options}
+    check_against(ele, reference_fetch(ele, patch), patch)
