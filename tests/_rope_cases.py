@@ -18,10 +18,13 @@ def _block(pad: int, n: int) -> list[int]:
     return [VISION_START] + [pad] * n + [VISION_END]
 
 
-def random_case(rng: random.Random, model_type: str, *, text_only: bool = False, long_videos: bool = False) -> dict:
-    """One batch of 1-4 rows with interleaved images/videos, padding and random grids."""
+def random_case(
+    rng: random.Random, model_type: str, *, text_only: bool = False, long_videos: bool = False, unpadded: bool = False
+) -> dict:
+    """One batch of 1-4 rows with interleaved images/videos, padding and random grids
+    (``unpadded``: a single row with no padding)."""
     merge = 2 if rng.random() < 0.9 else rng.choice([1, 3])
-    batch = rng.randint(1, 4)
+    batch = 1 if unpadded else rng.randint(1, 4)
     rows, images, videos = [], [], []
     for _ in range(batch):
         row = _text(rng, rng.randint(1, 12))
@@ -45,14 +48,21 @@ def random_case(rng: random.Random, model_type: str, *, text_only: bool = False,
             row += _text(rng, rng.randint(0, 6))
         rows.append(row)
 
-    length = max(len(r) for r in rows) + rng.randint(0, 3)
-    side = rng.choice(["left", "left", "right"])
+    side = "left" if unpadded else rng.choice(["left", "left", "left", "right", "holes"])
+    masks = [[1] * len(r) for r in rows]
+    if side == "holes":  # masked-out tokens anywhere, even inside vision blocks
+        for b, row in enumerate(rows):
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randint(0, len(row))
+                row.insert(at, PAD)
+                masks[b].insert(at, 0)
+    length = max(len(r) for r in rows) + (0 if unpadded else rng.randint(0, 3))
     ids = torch.full((batch, length), PAD, dtype=torch.long)
     mask = torch.zeros((batch, length), dtype=torch.long)
     for b, row in enumerate(rows):
-        sl = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+        sl = slice(0, len(row)) if side == "right" else slice(length - len(row), length)
         ids[b, sl] = torch.tensor(row)
-        mask[b, sl] = 1
+        mask[b, sl] = torch.tensor(masks[b])
     use_mask = rng.random() < 0.85 or int(mask.sum()) != mask.numel()
 
     seconds = None

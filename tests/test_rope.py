@@ -15,7 +15,7 @@ from vlutils.errors import InvalidOptionError, VisionInputError
 from vlutils.rope import decode_position_ids, get_rope_index
 
 from _refs import reference_rope
-from _rope_cases import IMAGE_PAD, PAD, VIDEO_PAD, VISION_END, VISION_START, call_vlutils, random_cases
+from _rope_cases import IMAGE_PAD, PAD, VIDEO_PAD, VISION_END, VISION_START, call_vlutils, random_case, random_cases
 
 N_CASES = 250  # per model family; each case is a batch of 1-4 rows
 
@@ -41,21 +41,15 @@ def _departure_case() -> dict:
     )
 
 
-def _unpadded_vision(cases: list[dict]) -> list[dict]:
-    return [
-        c for c in cases
-        if (c["attention_mask"] is None or bool(c["attention_mask"].all()))
-        and (c["image_grid_thw"] is not None or c["video_grid_thw"] is not None)
-    ]
-
-
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
     """All reference results, from one subprocess per transformers version run side by side:
     4.51 for Qwen2-VL / Qwen2.5-VL, 4.57 (venv) for Qwen3-VL, 5.23 for the departures."""
     qwen2 = random_cases(1, "qwen2_vl", N_CASES) + random_cases(2, "qwen2_5_vl", N_CASES)
     qwen3 = random_cases(3, "qwen3_vl", N_CASES)
-    agreement = _unpadded_vision(random_cases(11, "qwen2_vl", 150))
+    rng = random.Random(11)
+    agreement = [random_case(rng, "qwen2_vl", unpadded=True, long_videos=i % 2 == 0) for i in range(60)]
+    agreement = [c for c in agreement if c["image_grid_thw"] is not None or c["video_grid_thw"] is not None]
     jobs = {"tf451": qwen2 + [_departure_case()], "venv": qwen3 + [_departure_case()], "tf523": agreement + [_departure_case()]}
     out = reference_rope(jobs, tmp_path_factory.mktemp("rope"))
     assert out["tf451"][0] == "4.51.3" and out["venv"][0].startswith("4.57") and out["tf523"][0] == "5.23.0"
@@ -67,7 +61,7 @@ def refs(tmp_path_factory):
 
 
 def test_matches_original_transformers_on_random_batches(refs):
-    seen = {"fractional_seconds": 0, "long_video": 0, "left_padding": 0, "text_only": 0}
+    seen = {"fractional_seconds": 0, "long_video": 0, "left_padding": 0, "mask_holes": 0, "text_only": 0}
     for i, (case, ref) in enumerate(refs["original"]):
         _assert_same(case, ref, call_vlutils(get_rope_index, case), f"case {i} ({case['model_type']})")
         s = case["second_per_grid_ts"]
@@ -76,6 +70,7 @@ def test_matches_original_transformers_on_random_batches(refs):
         seen["long_video"] += vg is not None and bool((vg[:, 0] > vg[:, 1:].max(1).values // 2).any())
         mask = case["attention_mask"]
         seen["left_padding"] += mask is not None and bool((mask[:, 0] == 0).any())
+        seen["mask_holes"] += mask is not None and bool((mask[:, 1:] < mask[:, :-1]).any() & (mask[:, 0] == 0).any())
         seen["text_only"] += case["image_grid_thw"] is None and vg is None
     assert all(n >= 20 for n in seen.values()), seen  # the random cases cover what they should
 
@@ -168,7 +163,8 @@ def test_padding_gets_one_and_text_only_matches_cumsum():
     "kwargs, words",
     [
         (dict(image_grid_thw=[[1, 4, 4], [1, 2, 2]]), "image_grid_thw has 2"),
-        (dict(image_grid_thw=[[1, 4, 6]]), "needs 6 consecutive pad tokens"),
+        (dict(image_grid_thw=[[1, 4, 6]]), "do not match the grids"),
+        (dict(image_grid_thw=[[1, 4, 10]]), "runs past the end"),
         (dict(image_grid_thw=[[1, 4]]), "shape (N, 3)"),
         (dict(image_grid_thw=[[1, 0, 4]]), "positive"),
         (dict(image_grid_thw=[[1, 4, 4]], model_type="qwen4"), "model_type"),

@@ -15,10 +15,12 @@ The semantics are the ones the checkpoints were trained with, i.e. transformers
   blocks with ``t = 1``;
 * padding (``attention_mask == 0``) gets id 1; ``deltas = max id + 1 - padded length``.
 
-How it is vectorized: every valid token's id is its index among the row's valid tokens
-plus a per-row running "shift" (each block adds ``extent - length`` after its last token,
-where ``extent = max id - start + 1``). The shift is one scatter + one cumsum; vision tokens
-then get their 3-D offsets from one ``repeat_interleave`` over all blocks of the batch.
+How it is vectorized: a text token's id is its index among the row's valid tokens plus a
+per-row running "shift": each block adds ``extent - size`` after its last token, where
+``extent`` is ``max id - start + 1`` of the block and ``size`` its token count (one scatter and
+one cumsum for the whole batch). Vision tokens are then written one grid row (``w'`` tokens)
+at a time with ``repeat_interleave``, so only the few grid rows, not the tokens, need a
+division. Rows with holes in the attention mask are packed to the right first and put back.
 """
 
 from __future__ import annotations
