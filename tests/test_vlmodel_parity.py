@@ -15,7 +15,10 @@ import vlmodel
 from _tiny_checkpoints import hf_model, images, left_pad, prompt, video_patches
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
-BF16_TOL = 0.05  # bfloat16: max |diff| <= 5% of max |logit| (observed ~1-2%)
+# bfloat16: max |diff| <= 5% of max |logit|.  Observed: Qwen2.5-VL bit-identical to
+# transformers, Qwen2-VL ~1.5% (the patch embedding is a matmul here, a Conv3d there);
+# transformers' own bfloat16 is ~2.5-3% away from its float32.
+BF16_TOL = 0.05
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -81,13 +84,16 @@ def test_several_images_of_different_sizes(pair):
     assert_logits_close(got, ref)
 
 
-def test_video_and_image(pair):
+@pytest.mark.parametrize("explicit", [True, False], ids=["hf-positions", "vlutils-positions"])
+def test_video_and_image(pair, explicit):
+    if not explicit:
+        pytest.importorskip("vlutils.rope")
     hf, ours = pair
     pv, igrid = images([(112, 168)], seed=4)
     vv, vgrid = video_patches([(3, 12, 16)], seed=4)
     ids = prompt([4, ("video", (3, 12, 16)), 3, ("image", _grid(igrid[0])), 5], seed=4)
     extra = {"second_per_grid_ts": torch.tensor([1.0])} if hf.config.model_type == "qwen2_5_vl" else {}
-    got, ref = run_both(hf, ours, ids, pixel_values=pv, image_grid_thw=igrid,
+    got, ref = run_both(hf, ours, ids, explicit_positions=explicit, pixel_values=pv, image_grid_thw=igrid,
                         pixel_values_videos=vv, video_grid_thw=vgrid, **extra)
     assert_logits_close(got, ref)
 
