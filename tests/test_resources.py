@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 import vlutils
+import vlutils.policy
 from vlutils.errors import DecodeError, FetchError, VisionInputError
 
 from _faulty_server import FaultyServer, answer
@@ -277,16 +278,21 @@ class VisionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path = str(BAD / "img_truncated_half.png") if i in self.bad else self.paths[i]
         images, _ = vlutils.process_vision_info(msg({"image": path}))
-        return torch.from_numpy(__import__("numpy").asarray(images[0])).permute(2, 0, 1)
+        safe_mode = vlutils.policy.current() is not None  # did the environment reach this worker?
+        return torch.from_numpy(__import__("numpy").asarray(images[0])).permute(2, 0, 1), safe_mode
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_dataloader_workers(media, start_method):
+def test_dataloader_workers(media, start_method, monkeypatch):
     """Eight samples, the last one corrupt, two workers: the three good batches arrive
     (in order) and the fourth raises DecodeError in the main process with the worker's
-    message. One loader per start method keeps spawn's interpreter start-ups to two."""
+    message. Safe mode set through the environment reaches the workers (spawn does not
+    inherit ``set_policy``, but it does inherit the environment). One loader per start
+    method keeps spawn's interpreter start-ups to two."""
     if start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"{start_method} not available")
+    monkeypatch.setenv("VLUTILS_SAFE_MODE", "1")
+    monkeypatch.setenv("VLUTILS_ALLOWED_ROOTS", os.pathsep.join([os.path.dirname(media[0]), str(BAD)]))
     loader = torch.utils.data.DataLoader(VisionDataset(media * 2, {7}), batch_size=2, num_workers=2,
                                          multiprocessing_context=multiprocessing.get_context(start_method))
     batches, error = [], None
@@ -301,6 +307,43 @@ def test_dataloader_workers(media, start_method):
         iterator._shutdown_workers()  # now, not at garbage collection (which stalls the next test)
         del iterator
     assert error is not None, "the corrupt sample did not raise"
-    assert len(batches) == 3 and all(b.shape[:2] == (2, 3) for b in batches)
-    assert all(b.shape[-2] % 28 == 0 and b.shape[-1] % 28 == 0 for b in batches)
+    assert len(batches) == 3 and all(b.shape[:2] == (2, 3) for b, _ in batches)
+    assert all(b.shape[-2] % 28 == 0 and b.shape[-1] % 28 == 0 for b, _ in batches)
+    assert all(flags.all() for _, flags in batches), "safe mode from the environment did not reach the workers"
     assert "img_truncated_half.png" in error and "message 0, item 0" in error, error
+
+
+# ---------------------------------------------------------------------- output
+
+
+QUIET_SCRIPT = r"""
+import os, sys
+import vlutils, vlutils.policy
+try:
+    import vlutils.video
+except ImportError:
+    pass
+from vlutils.errors import VisionInputError
+bad = os.path.join(sys.argv[1], "fixtures", "bad")
+for name in sorted(os.listdir(bad)):
+    kind = "video" if name.startswith(("vid_", "ok_video")) else "image"
+    try:
+        vlutils.process_vision_info([{"role": "user", "content": [{kind: os.path.join(bad, name)}]}])
+    except VisionInputError:
+        pass
+"""
+
+
+def test_library_prints_nothing():
+    """Import and run the whole corpus in a fresh interpreter with no logging set up:
+    stdout stays empty (fd level, so C libraries count too) and so does stderr: the
+    package's NullHandler keeps Python's last-resort handler quiet, and Python
+    warnings are routed to logging."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "", proc.stdout[:500]
+    assert proc.stderr == "", proc.stderr[:500]
