@@ -1,0 +1,249 @@
+"""Patchify resized images and video frames into the pixel tensors Qwen2-VL-family models eat.
+
+The output is bit-identical to transformers' slow (PIL/numpy) ``Qwen2VLImageProcessor`` path
+for media that is already sized to a multiple of ``patch_size * merge_size`` (which is what
+``process_vision_info`` returns):
+
+* rescale: ``float32(float64(x) * (1/255))``; normalize: ``(x - mean) / std`` in float32;
+* frames are grouped by ``temporal_patch_size`` (2); a still image is repeated to 2 frames
+  and an odd frame count is padded with the last frame;
+* ``pixel_values`` rows are ``(grid_t * grid_h * grid_w, C * temporal_patch * patch * patch)``,
+  ordered merge-block by merge-block (the order the vision tower's PatchMerger expects).
+
+Work is done one image / video at a time, written into one preallocated output, so peak
+memory is the output plus one float64 copy of the largest single item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InvalidOptionError, VisionInputError
+
+__all__ = ["VisionPreset", "PRESETS", "get_preset", "patchify", "patchify_image", "patchify_video"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class VisionPreset:
+    """The vision preprocessing constants of one model family."""
+
+    patch_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    rescale_factor: float = 1 / 255
+
+    @property
+    def factor(self) -> int:
+        """Image sides must be multiples of this (one merged LLM token covers factor x factor pixels)."""
+        return self.patch_size * self.merge_size
+
+
+PRESETS: dict[str, VisionPreset] = {
+    "qwen2_vl": VisionPreset(patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD),
+    "qwen2_5_vl": VisionPreset(patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD),
+    "qwen3_vl": VisionPreset(patch_size=16, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)),
+}
+
+
+def get_preset(model_type: str | VisionPreset = "qwen2_vl", **overrides: Any) -> VisionPreset:
+    """The preset for ``model_type`` (or a given preset) with any field overridden."""
+    if isinstance(model_type, VisionPreset):
+        preset = model_type
+    elif model_type in PRESETS:
+        preset = PRESETS[model_type]
+    else:
+        raise InvalidOptionError(f"model_type must be one of {sorted(PRESETS)} or a VisionPreset, got {model_type!r}")
+    fields = {f.name for f in dataclasses.fields(VisionPreset)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InvalidOptionError(f"unknown preset option(s) {unknown}; known: {sorted(fields)}")
+    preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("patch_size", "temporal_patch_size", "merge_size"):
+        value = getattr(preset, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidOptionError(f"{name} must be a positive int, got {value!r}")
+    for name in ("image_mean", "image_std"):
+        value = tuple(float(v) for v in getattr(preset, name))
+        if len(value) != 3 or (name == "image_std" and 0.0 in value):
+            raise InvalidOptionError(f"{name} must be 3 numbers (std non-zero), got {getattr(preset, name)!r}")
+        preset = dataclasses.replace(preset, **{name: value})
+    return preset
+
+
+def patchify_image(image: Any, preset: VisionPreset | str = "qwen2_vl") -> tuple[torch.Tensor, torch.Tensor]:
+    """One image (PIL, HWC/CHW uint8 array or tensor) -> ``(pixel_values, grid_thw)``."""
+    preset = get_preset(preset)
+    frames = _frames_from_image(image)
+    return _patchify_frames(frames, preset, image)
+
+
+def patchify_video(frames: Any, preset: VisionPreset | str = "qwen2_vl") -> tuple[torch.Tensor, torch.Tensor]:
+    """One video -> ``(pixel_values, grid_thw)``. ``frames``: a (T, C, H, W) tensor as
+    qwen-vl-utils returns (float 0..255 or uint8), a (T, H, W, C) array, or a list of images."""
+    preset = get_preset(preset)
+    return _patchify_frames(_frames_from_video(frames), preset, frames)
+
+
+def patchify(
+    images: Sequence[Any] | None = None,
+    videos: Sequence[Any] | None = None,
+    model_type: str | VisionPreset = "qwen2_vl",
+    **overrides: Any,
+) -> dict[str, torch.Tensor | None]:
+    """All images and videos of a batch -> the model's vision inputs.
+
+    Returns ``pixel_values`` / ``image_grid_thw`` and ``pixel_values_videos`` /
+    ``video_grid_thw`` (``None`` when there are no images / videos), in input order.
+    """
+    preset = get_preset(model_type, **overrides)
+    out: dict[str, torch.Tensor | None] = {}
+    for kind, key, grid_key, items, split in (
+        ("image", "pixel_values", "image_grid_thw", images, _frames_from_image),
+        ("video", "pixel_values_videos", "video_grid_thw", videos, _frames_from_video),
+    ):
+        items = list(items or [])
+        if not items:
+            out[key], out[grid_key] = None, None
+            continue
+        frames, grids = [], []
+        for i, item in enumerate(items):
+            try:
+                frames.append(split(item))
+                grids.append(_grid(frames[-1], preset, item))
+            except VisionInputError as exc:
+                raise exc.with_position(f"{kind} {i}")
+        out[key], out[grid_key] = _patchify_many(frames, grids, preset)
+    return out
+
+
+# --- implementation ------------------------------------------------------------------
+
+
+def _patchify_many(
+    frame_stacks: list[torch.Tensor], grids: list[torch.Tensor], preset: VisionPreset
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patchify every stack into one preallocated (rows, dim) float32 tensor."""
+    grids = torch.stack(grids)
+    rows = grids.prod(1)
+    dim = 3 * preset.temporal_patch_size * preset.patch_size**2
+    pixel_values = torch.empty(int(rows.sum()), dim, dtype=torch.float32)
+    start = 0
+    for frames, n in zip(frame_stacks, rows.tolist()):
+        _write_patches(frames, preset, pixel_values[start : start + n])
+        start += n
+    return pixel_values, grids
+
+
+def _patchify_frames(frames: torch.Tensor, preset: VisionPreset, source: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    pixel_values, grids = _patchify_many([frames], [_grid(frames, preset, source)], preset)
+    return pixel_values, grids[0]
+
+
+def _grid(frames: torch.Tensor, preset: VisionPreset, source: Any) -> torch.Tensor:
+    """(grid_t, grid_h, grid_w) in patches; sides must already be multiples of the factor."""
+    n, _, height, width = frames.shape
+    if n == 0:
+        raise InvalidOptionError("a video needs at least one frame", source)
+    if height % preset.factor or width % preset.factor:
+        raise InvalidOptionError(
+            f"size {height}x{width} is not a multiple of {preset.factor} (patch_size * merge_size); "
+            "resize with smart_resize / process_vision_info first",
+            source,
+        )
+    grid_t = -(-n // preset.temporal_patch_size)
+    return torch.tensor([grid_t, height // preset.patch_size, width // preset.patch_size])
+
+
+def _write_patches(frames: torch.Tensor, preset: VisionPreset, out: torch.Tensor) -> None:
+    """Rescale, normalize and reorder one (T, 3, H, W) stack into ``out`` (rows x dim)."""
+    tp, p, m = preset.temporal_patch_size, preset.patch_size, preset.merge_size
+    n, channels, height, width = frames.shape
+    pad = (-n) % tp
+    if pad:  # an odd frame count (or a still image) repeats its last frame
+        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
+    # Same arithmetic and rounding as transformers: float64 rescale, float32 normalize.
+    values = (frames.to(torch.float64) * preset.rescale_factor).to(torch.float32)
+    mean = torch.tensor(preset.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(preset.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    values = (values - mean) / std
+    grid_t, grid_h, grid_w = values.shape[0] // tp, height // p, width // p
+    values = values.view(grid_t, tp, channels, grid_h // m, m, p, grid_w // m, m, p)
+    # -> (t, h-block, w-block, h-in-block, w-in-block) rows of (channel, frame, y, x) values.
+    out.view(grid_t, grid_h // m, grid_w // m, m, m, channels, tp, p, p).copy_(
+        values.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    )
+
+
+def _frames_from_image(image: Any) -> torch.Tensor:
+    """An image as a (1, 3, H, W) tensor of 0..255 values."""
+    if _is_pil(image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")  # as the processor's do_convert_rgb
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0)
+    array = _as_tensor(image, "image")
+    if array.dim() != 3:
+        raise InvalidOptionError(f"an image array must be HWC or CHW, got shape {tuple(array.shape)}", image)
+    return _channels_first(array, image).unsqueeze(0)
+
+
+def _frames_from_video(video: Any) -> torch.Tensor:
+    """A video as a (T, 3, H, W) tensor of 0..255 values."""
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise InvalidOptionError("a video needs at least one frame", video)
+        frames = [_frames_from_image(frame) for frame in video]
+        if len({tuple(f.shape) for f in frames}) != 1:
+            raise InvalidOptionError("all frames of a video must have the same size", video)
+        return torch.cat(frames)
+    array = _as_tensor(video, "video")
+    if array.dim() != 4:
+        raise InvalidOptionError(f"a video must be (T, C, H, W) or (T, H, W, C), got shape {tuple(array.shape)}", video)
+    if array.shape[1] == 3:
+        return array
+    if array.shape[-1] == 3:
+        return array.permute(0, 3, 1, 2)
+    raise InvalidOptionError(f"a video needs 3 channels (RGB), got shape {tuple(array.shape)}", video)
+
+
+def _channels_first(array: torch.Tensor, source: Any) -> torch.Tensor:
+    """HWC or CHW -> CHW, deciding like transformers (a leading 3 means channels first)."""
+    if array.shape[0] == 3:
+        return array
+    if array.shape[-1] == 3:
+        return array.permute(2, 0, 1)
+    raise InvalidOptionError(f"an image needs 3 channels (RGB), got shape {tuple(array.shape)}", source)
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+    elif isinstance(value, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    else:
+        raise InvalidOptionError(f"cannot patchify a {type(value).__name__} as a {what}: expected PIL, numpy or torch", value)
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if not tensor.dtype.is_floating_point:
+        raise InvalidOptionError(f"{what} pixels must be uint8 or float 0..255, got dtype {tensor.dtype}", value)
+    if tensor.numel() and not (0.0 <= float(tensor.min()) and float(tensor.max()) <= 255.0):
+        raise InvalidOptionError(f"{what} pixel values must lie in 0..255, got {float(tensor.min())}..{float(tensor.max())}", value)
+    return tensor
+
+
+def _is_pil(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(value, Image.Image)
+
