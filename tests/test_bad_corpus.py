@@ -93,7 +93,10 @@ def run_case(messages, expect, capfd, position: str | None = "message 1, item 1"
     out = capfd.readouterr().out
     assert out == "", f"library printed to stdout: {out[:200]!r}"
     assert elapsed < TIME_LIMIT, f"took {elapsed:.1f}s"
-    escaped = [f"{w.category.__name__}: {w.message}" for w in caught]
+    # vlutils' own diagnostics go through logging. Pillow's decoder warnings (corrupt EXIF) are
+    # left to the caller's filters: silencing them needs catch_warnings, which is process-global
+    # and not thread-safe; under -W error they become typed errors (tests/test_images_threads.py).
+    escaped = [f"{w.category.__name__}: {w.message}" for w in caught if "/PIL/" not in w.filename]
     assert not escaped, f"warnings escaped instead of going through logging: {escaped}"
     if expect == OK:
         assert error is None, f"expected a documented result, got {type(error).__name__}: {error}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 
 from . import policy as _policy
 from .constants import IMAGE_MAX_TOKEN_NUM, IMAGE_MIN_TOKEN_NUM, SPATIAL_MERGE_SIZE
-from .errors import describe_source, DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
+from .errors import DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
 from .resize import check_number, smart_resize
 from .sources import FetchSettings, read_limited, resolve_source
 
@@ -63,20 +62,22 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
     if not data:
         raise DecodeError("empty file (0 bytes)", original)
     try:
-        # Pillow warns (corrupt EXIF, big images) through `warnings`; a trainer running with
-        # -W error would get a bare UserWarning instead of our error, so route them to logging.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise SizeLimitError(
-                    f"image is {width}x{height} = {width * height} pixels, over the {max_pixels}-pixel limit",
-                    original,
-                )
-            image.load()
-        for warning in caught:
-            logger.debug("%s: %s", describe_source(original), warning.message)
+        # Pillow reports corrupt EXIF and big images through `warnings`. catch_warnings is
+        # process-global and not thread-safe (this runs in worker threads), so warnings are left
+        # to the caller's filters; under -W error they arrive here as exceptions and become
+        # typed errors below.
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise SizeLimitError(
+                f"image is {width}x{height} = {width * height} pixels, over the {max_pixels}-pixel limit",
+                original,
+            )
+        image.load()
+    except Image.DecompressionBombWarning as exc:
+        raise SizeLimitError(f"decompression bomb warning turned into an error: {exc}", original) from None
+    except Warning as exc:
+        raise DecodeError(f"warning turned into an error while decoding: {type(exc).__name__}: {exc}", original) from None
     except Image.DecompressionBombError as exc:
         raise SizeLimitError(f"decompression bomb: {exc}", original) from None
     except Image.UnidentifiedImageError:
@@ -174,6 +175,12 @@ def load_image_item(ele: dict, image_patch_size: int = 14) -> tuple[Image.Image,
     if resized_height <= 0 or resized_width <= 0:
         raise InvalidOptionError(
             f"options give an empty target size {resized_width}x{resized_height} (max_pixels too small?)", value
+        )
+    limit = int(_policy.limit("max_pixels", MAX_IMAGE_PIXELS))
+    if resized_height * resized_width > limit:
+        # min_pixels=1e12 must cost one clear error, not an out-of-memory kill of the worker
+        raise SizeLimitError(
+            f"requested output {resized_width}x{resized_height} is over the {limit}-pixel limit", value
         )
     if (resized_width, resized_height) == image.size and image is not value:
         return image, (width, height)
