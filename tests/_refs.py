@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 REFS = {"tf451": ROOT / ".refs" / "tf451", "tf523": ROOT / ".refs" / "tf523", "venv": None}
 RUNNER = Path(__file__).resolve().parent / "reference_rope_runner.py"
+PROCESSOR_RUNNER = Path(__file__).resolve().parent / "reference_processor_runner.py"
 
 
 def reference_env(ref: str) -> dict:
@@ -65,3 +66,12 @@ def reference_rope(jobs: dict[str, list[dict]], workdir: Path, timeout: float = 
         out = torch.load(out_path, weights_only=False)
         results[ref] = (out["version"], out["results"])
     return results
+
+
+def reference_processor(ref: str, tokenizer_json: str, cases: list[dict], workdir: Path) -> tuple[str, list]:
+    """transformers' processor on every case, in one subprocess: (version, results)."""
+    cases_path, out_path = workdir / f"proc_cases_{ref}.pt", workdir / f"proc_out_{ref}.pt"
+    torch.save({"tokenizer_json": tokenizer_json, "cases": cases}, cases_path)
+    run_python(ref, [str(PROCESSOR_RUNNER), str(cases_path), str(out_path)])
+    out = torch.load(out_path, weights_only=False)
+    return out["version"], out["results"]

@@ -1,0 +1,249 @@
+"""Messages -> every tensor a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model consumes, in one call.
+
+    inputs = build_inputs(messages, tokenizer, model_type="qwen2_5_vl")
+    logits = model(**inputs)
+
+Steps: fetch media (``vlutils.process_vision_info``, unless ``images`` / ``videos`` are given),
+format ChatML (:mod:`vlutils.chat`), patchify (:mod:`vlutils.processor`), expand the vision
+placeholders, tokenize and pad (left by default), then M-RoPE positions (:mod:`vlutils.rope`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from .chat import _DEFAULT, expand_placeholders, format_chat, qwen3_timestamps
+from .errors import InvalidMessageError, InvalidOptionError
+from .processor import get_preset, patchify
+from .rope import get_rope_index
+
+__all__ = ["build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN3_DEFAULT_FPS = 24.0  # what transformers assumes when a Qwen3-VL video has no fps
+
+
+def build_inputs(
+    messages_or_batch: Sequence[dict] | Sequence[Sequence[dict]],
+    tokenizer: Any,
+    model_type: str = "qwen2_vl",
+    *,
+    images: Sequence[Any] | None = None,
+    videos: Sequence[Any] | None = None,
+    video_kwargs: dict | None = None,
+    add_generation_prompt: bool = True,
+    system_prompt: str | None | object = _DEFAULT,
+    add_vision_id: bool = False,
+    padding_side: str = "left",
+    pad_token_id: int | None = None,
+    tokens_per_second: int | float = 2,
+    **preset_overrides: Any,
+) -> dict[str, torch.Tensor | None]:
+    """Model inputs for one conversation or a batch of them.
+
+    ``tokenizer``: anything with ``encode(text)`` returning ids or an object with ``.ids``
+    (a ``tokenizers.Tokenizer`` or a transformers tokenizer); it must know the Qwen special
+    tokens. ``images`` / ``videos`` are pre-fetched media in prompt order (as
+    ``process_vision_info`` returns them; a video may be a ``(frames, metadata)`` pair);
+    when both are None the media is fetched here. ``video_kwargs`` is process_vision_info's
+    third value (its ``fps`` list gives Qwen2.5-VL's ``second_per_grid_ts``).
+
+    Returns ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``,
+    ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``, ``position_ids``,
+    ``rope_deltas`` and ``mm_token_type_ids`` (None where not applicable).
+    """
+    if model_type not in MODEL_TYPES:
+        raise InvalidOptionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if padding_side not in ("left", "right"):
+        raise InvalidOptionError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    preset = get_preset(model_type, **preset_overrides)
+    conversations = _as_batch(messages_or_batch)
+
+    if images is None and videos is None:
+        images, videos, video_kwargs = _fetch_media(conversations, model_type, preset.patch_size)
+    frames, metadata = _split_video_metadata(videos)
+
+    texts = [
+        format_chat(
+            conv, model_type=model_type, add_generation_prompt=add_generation_prompt,
+            system_prompt=system_prompt, add_vision_id=add_vision_id,
+        )
+        for conv in conversations
+    ]
+    vision = patchify(images=images, videos=frames, model_type=preset)
+    video_grid = vision["video_grid_thw"]
+
+    timestamps = None
+    if model_type == "qwen3_vl" and video_grid is not None:
+        timestamps = [
+            _video_timestamps(meta, len(video), preset.merge_size, i)
+            for i, (meta, video) in enumerate(zip(metadata, frames))
+        ]
+    texts = expand_placeholders(
+        texts, vision["image_grid_thw"], video_grid,
+        merge_size=preset.merge_size, model_type=model_type, video_timestamps=timestamps,
+    )
+
+    ids = {name: _token_id(tokenizer, token) for name, token in _SPECIAL_TOKENS.items()}
+    input_ids, attention_mask = _tokenize_and_pad(texts, tokenizer, padding_side, _pad_id(tokenizer, pad_token_id))
+
+    seconds = None
+    if model_type == "qwen2_5_vl" and video_grid is not None:
+        fps = (video_kwargs or {}).get("fps", 2.0)
+        seconds = torch.tensor(second_per_grid_ts_from_fps(fps, video_grid.shape[0], preset.temporal_patch_size))
+
+    has_vision = vision["image_grid_thw"] is not None or video_grid is not None
+    if has_vision:
+        for name in ("image", "video", "vision_start"):
+            if ids[name] is None:
+                raise InvalidOptionError(f"the tokenizer has no {_SPECIAL_TOKENS[name]} token")
+    position_ids, rope_deltas = get_rope_index(
+        input_ids, vision["image_grid_thw"], video_grid, attention_mask, seconds,
+        model_type=model_type, spatial_merge_size=preset.merge_size, tokens_per_second=tokens_per_second,
+        image_token_id=ids["image"] if ids["image"] is not None else -1,
+        video_token_id=ids["video"] if ids["video"] is not None else -1,
+        vision_start_token_id=ids["vision_start"] if ids["vision_start"] is not None else -1,
+    )
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        **vision,
+        "second_per_grid_ts": seconds,
+        "position_ids": position_ids,
+        "rope_deltas": rope_deltas,
+        "mm_token_type_ids": mm_token_type_ids(input_ids, ids["image"], ids["video"]),
+    }
+
+
+def second_per_grid_ts_from_fps(fps: float | Sequence[float], n_videos: int, temporal_patch_size: int = 2) -> list[float]:
+    """Seconds per temporal patch of each video, ``temporal_patch_size / fps``, as the
+    transformers 4.x Qwen2.5-VL processor derives it from qwen-vl-utils' ``video_kwargs["fps"]``."""
+    values = [fps] * n_videos if isinstance(fps, (int, float)) else list(fps)
+    if len(values) != n_videos:
+        raise InvalidOptionError(f"video_kwargs['fps'] has {len(values)} value(s) for {n_videos} video(s)")
+    for value in values:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise InvalidOptionError(f"video fps must be positive numbers, got {values!r}")
+    return [temporal_patch_size / value for value in values]
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int | None, video_token_id: int | None) -> torch.Tensor:
+    """transformers 5.x's modality map: 1 for image pads, 2 for video pads, 0 otherwise."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    if image_token_id is not None:
+        types[input_ids == image_token_id] = 1
+    if video_token_id is not None:
+        types[input_ids == video_token_id] = 2
+    return types
+
+
+# --- helpers -------------------------------------------------------------------------
+
+_SPECIAL_TOKENS = {
+    "image": "<|image_pad|>",
+    "video": "<|video_pad|>",
+    "vision_start": "<|vision_start|>",
+}
+
+
+def _as_batch(messages_or_batch: Any) -> list:
+    """A list of conversations: a single conversation (list of message dicts) becomes a batch of one."""
+    if isinstance(messages_or_batch, (list, tuple)) and messages_or_batch:
+        if all(isinstance(m, dict) for m in messages_or_batch):
+            return [list(messages_or_batch)]
+        if all(isinstance(c, (list, tuple)) for c in messages_or_batch):
+            return [list(c) for c in messages_or_batch]
+    raise InvalidMessageError(
+        "expected a conversation (a non-empty list of message dicts) or a list of conversations",
+        messages_or_batch if isinstance(messages_or_batch, (str, bytes)) else None,
+    )
+
+
+def _fetch_media(conversations: list, model_type: str, patch_size: int):
+    """Media through vlutils' own process_vision_info (imported here to keep this module light)."""
+    from .vision_process import process_vision_info
+
+    images, videos, video_kwargs = process_vision_info(
+        conversations, return_video_kwargs=True, return_video_metadata=model_type == "qwen3_vl",
+        image_patch_size=patch_size,
+    )
+    return images, videos, video_kwargs
+
+
+def _split_video_metadata(videos: Sequence[Any] | None) -> tuple[list | None, list]:
+    """Videos may come as ``(frames, metadata)`` pairs (return_video_metadata=True)."""
+    if videos is None:
+        return None, []
+    frames, metadata = [], []
+    for video in videos:
+        if isinstance(video, tuple) and len(video) == 2 and (video[1] is None or isinstance(video[1], dict)):
+            frames.append(video[0])
+            metadata.append(video[1])
+        else:
+            frames.append(video)
+            metadata.append(None)
+    return frames, metadata
+
+
+def _video_timestamps(meta: dict | None, n_frames: int, merge_size: int, index: int) -> list[float]:
+    """Qwen3-VL timestamps from the sampled frame indices and the source fps."""
+    indices = None if meta is None else meta.get("frames_indices")
+    fps = None if meta is None else meta.get("fps")
+    if indices is None:
+        indices = list(range(n_frames))
+    if fps is None:
+        logger.warning("video %d has no fps metadata; Qwen3-VL timestamps assume %s fps", index, QWEN3_DEFAULT_FPS)
+        fps = QWEN3_DEFAULT_FPS
+    indices = indices.tolist() if hasattr(indices, "tolist") else list(indices)
+    return qwen3_timestamps(indices, float(fps), merge_size)
+
+
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of a special token, for a tokenizers.Tokenizer or a transformers tokenizer."""
+    lookup = getattr(tokenizer, "token_to_id", None)
+    if lookup is not None:
+        return lookup(token)
+    lookup = getattr(tokenizer, "convert_tokens_to_ids", None)
+    if lookup is not None:
+        found = lookup(token)
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        return None if found is None or (found == unknown and token != getattr(tokenizer, "unk_token", None)) else found
+    return None
+
+
+def _pad_id(tokenizer: Any, pad_token_id: int | None) -> int:
+    if pad_token_id is not None:
+        return int(pad_token_id)
+    found = getattr(tokenizer, "pad_token_id", None)
+    if isinstance(found, int):
+        return found
+    found = _token_id(tokenizer, "<|endoftext|>")
+    return found if found is not None else 0
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if hasattr(tokenizer, "encode"):
+        out = tokenizer.encode(text)
+    elif callable(tokenizer):
+        out = tokenizer(text)["input_ids"]
+    else:
+        raise InvalidOptionError(f"tokenizer must have encode() or be callable, got {type(tokenizer).__name__}")
+    ids = getattr(out, "ids", out)
+    return [int(i) for i in ids]
+
+
+def _tokenize_and_pad(texts: list[str], tokenizer: Any, side: str, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [_encode(tokenizer, text) for text in texts]
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, row in enumerate(rows):
+        cols = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+        input_ids[b, cols] = torch.tensor(row, dtype=torch.long)
+        attention_mask[b, cols] = 1
+    return input_ids, attention_mask
