@@ -104,3 +104,19 @@ def test_warnings_as_errors_still_give_typed_errors(tmp_path):
             pass
         except Warning as exc:  # pragma: no cover - the failure this test guards against
             pytest.fail(f"bare warning escaped: {exc!r}")
+
+
+def test_error_is_not_held_back_by_a_slow_sibling(http_server, silent_server, monkeypatch):
+    """Item 0 fails after 0.3 s (HTTP 404); item 1, already running by then, hangs on a server
+    that never answers. The error is raised promptly, not after the sibling's read timeout."""
+    monkeypatch.setenv("VLUTILS_HTTP_TIMEOUT", "4")
+    monkeypatch.setenv("VLUTILS_HTTP_RETRIES", "0")
+    content = [
+        {"type": "image", "image": http_server.route("/threads/late-404.png", status=404, delay=0.3)},
+        {"type": "image", "image": silent_server.url + "sibling.png"},
+    ]
+    start = time.monotonic()
+    with pytest.raises(VisionInputError, match="message 0, item 0"):
+        vlutils.process_vision_info([{"role": "user", "content": content}])
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.0, f"error held back {elapsed:.1f}s by the hanging sibling"
