@@ -154,26 +154,27 @@ def run_child(runner: str, case: str, media: Path, timeout: float) -> dict:
 
 # ----------------------------------------------------------------------------- table
 def table(results: dict) -> str:
-    rows = ["| case | runner | time (s) | vs reference | vs floor | peak RSS (MB) | output (MB) | RSS - output (MB) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table. "overhead" = peak RSS - RSS just before the call - output tensor:
+    the memory the call needed beyond its result (the torch import alone is ~500 MB)."""
+    rows = ["| case | runner | time (s) | vs reference | vs floor | peak RSS (MB) | before call (MB) "
+            "| output (MB) | overhead (MB) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for case, by_runner in results.items():
         ref = by_runner.get("reference-decord", {}).get("seconds")
-        floor = min((by_runner.get(r, {}).get("seconds") or float("inf")) for r in ("floor-pyav", "floor-ffmpeg"))
-        floor = None if floor == float("inf") or case == "sparse16" else floor
+        floors = [by_runner.get(r, {}).get("seconds") for r in ("floor-pyav", "floor-ffmpeg")]
+        floor = min((f for f in floors if f), default=None)
         for runner, r in by_runner.items():
             if "seconds" not in r:
-                rows.append(f"| {case} | {runner} | {r.get('skipped') or r.get('error')} | | | | | |")
+                rows.append(f"| {case} | {runner} | {r.get('skipped') or r.get('error')} | | | | | | |")
                 continue
             s = r["seconds"]
             vs_ref = f"{ref / s:.2f}x faster" if ref and not runner.startswith(("reference", "floor")) else ""
             vs_floor = f"{s / floor:.2f}x" if floor and not runner.startswith("floor") else ""
-            rss = r.get("peak_rss_mb")
-            out = r.get("output_mb")
-            rows.append(
-                f"| {case} | {runner} | {s:.2f} | {vs_ref} | {vs_floor} | "
-                f"{rss:.0f} | {'' if out is None else f'{out:.0f}'} | {'' if out is None or rss is None else f'{rss - out:.0f}'} |"
-                if rss is not None else f"| {case} | {runner} | {s:.2f} | {vs_ref} | {vs_floor} | | | |"
-            )
+            cells = [f"{r[k]:.0f}" if r.get(k) is not None else "" for k in ("peak_rss_mb", "rss_before_mb", "output_mb")]
+            overhead = ""
+            if r.get("output_mb") is not None:
+                overhead = f"{r['peak_rss_mb'] - r['rss_before_mb'] - r['output_mb']:.0f}"
+            rows.append(f"| {case} | {runner} | {s:.2f} | {vs_ref} | {vs_floor} | {' | '.join(cells)} | {overhead} |")
     return "\n".join(rows)
 
 
