@@ -27,7 +27,7 @@ class TorchcodecReader:
     def __init__(self, path: str, source: Any, threads: int = 0):
         from torchcodec.decoders import VideoDecoder  # noqa: PLC0415 - optional dependency
 
-        self.source = source
+        self.path, self.source = path, source
         try:
             self._decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=threads)
         except Exception as exc:
@@ -38,7 +38,19 @@ class TorchcodecReader:
         total = int(md.num_frames or 0)
         if total <= 0:
             raise DecodeError("the video stream has no frames", self.source)
-        return Probe(total_frames=total, fps=float(md.average_fps or 0.0), codec=md.codec)
+        return Probe(total_frames=total, fps=float(md.average_fps or 0.0), codec=md.codec,
+                     timestamps=self._timestamps(total))
+
+    def _timestamps(self, total: int) -> list[float] | None:
+        """Per-frame times from PyAV's packet index (torchcodec exposes none without decoding),
+        so variable-frame-rate video is sampled by time here as with the other backends."""
+        from .pyav import PyAVReader  # noqa: PLC0415
+
+        try:
+            probe = PyAVReader(self.path, self.source).probe()
+        except Exception:  # noqa: BLE001 - timestamps are an optional refinement
+            return None
+        return probe.timestamps if probe.total_frames == total else None
 
     def read(self, indices: Sequence[int], sink: FrameSink, should_stop: Callable[[], bool]) -> None:
         indices = list(indices)
