@@ -1,4 +1,5 @@
-"""python -m vlmodel: patches equal transformers' processors; the CLI answers and reports."""
+"""python -m vlmodel: inputs through vlutils.build_inputs; the CLI streams the same answer as
+model.generate and reports token counts and speed."""
 
 from __future__ import annotations
 
@@ -12,33 +13,11 @@ import torch
 from PIL import Image
 
 import vlmodel
-from vlmodel.__main__ import build_prompt, patchify
+from vlmodel.__main__ import messages_for, model_inputs, stop_ids
 
 from _tiny_checkpoints import END, IMAGE, START, VIDEO, hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_patchify_matches_transformers_image_processor():
-    from transformers import Qwen2VLImageProcessor
-
-    rng = np.random.default_rng(0)
-    pic = rng.integers(0, 256, (84, 140, 3), dtype=np.uint8)  # already a multiple of 28: no resize
-    ref = Qwen2VLImageProcessor()(images=[Image.fromarray(pic)], return_tensors="pt")
-    got, grid = patchify(torch.from_numpy(pic).permute(2, 0, 1)[None], 14, 2, 2)
-    assert grid == ref["image_grid_thw"][0].tolist()
-    assert torch.allclose(got, ref["pixel_values"], atol=1e-5)
-
-
-def test_patchify_matches_transformers_video_processor():
-    from transformers import Qwen2VLVideoProcessor
-
-    g = torch.Generator().manual_seed(1)
-    video = torch.randint(0, 256, (6, 3, 56, 84), generator=g, dtype=torch.uint8)
-    ref = Qwen2VLVideoProcessor()(videos=[video], return_tensors="pt", do_resize=False, do_sample_frames=False)
-    got, grid = patchify(video.float(), 14, 2, 2)
-    assert grid == ref["video_grid_thw"][0].tolist()
-    assert torch.allclose(got, ref["pixel_values_videos"], atol=1e-5)
 
 
 def _tokenizer(path):
@@ -60,18 +39,18 @@ def _tokenizer(path):
     return tok
 
 
-def test_build_prompt_template(tmp_path):
-    tok = _tokenizer(tmp_path)
-    cfg = hf_model("qwen2_vl").config
+def test_model_inputs_put_the_images_in_the_chat_template(tmp_path):
     hf_model("qwen2_vl").save_pretrained(tmp_path)
+    tok = _tokenizer(tmp_path)
     config = vlmodel.ModelConfig.from_file(tmp_path)
-    ids = build_prompt(tok, config, [("image", 3), ("video", 2)], "what")
-    assert ids.count(IMAGE) == 3 and ids.count(VIDEO) == 2
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((56, 84, 3), dtype=np.uint8)).save(img)
+    inputs = model_inputs(messages_for([str(img), str(img)], [], "what"), tok, config)
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.count(IMAGE) == 2 * 6 and inputs["image_grid_thw"].tolist() == [[1, 4, 6]] * 2
     i = ids.index(START)
-    assert ids[i: i + 5] == [START, IMAGE, IMAGE, IMAGE, END]
-    tail = [504] + tok.encode("assistant\n", add_special_tokens=False).ids
-    assert ids[0] == 504 and ids[-len(tail):] == tail
-    assert cfg.image_token_id == config.image_token_id
+    assert ids[i: i + 8] == [START] + [IMAGE] * 6 + [END]
+    assert ids[0] == 504 and inputs["position_ids"].shape == (3, 1, len(ids))
 
 
 def test_cli_answers_and_reports(tmp_path):
@@ -91,3 +70,13 @@ def test_cli_answers_and_reports(tmp_path):
     # 120x200 -> smart_resize to 112x196 -> 8x14 patches -> 4x7 = 28 merged tokens
     assert int(report.group(2)) == 28
     assert int(report.group(3)) <= 6 and out.stdout.strip()
+    # the streamed answer is the greedy answer of the same inputs
+    model = vlmodel.from_pretrained(tmp_path)
+    tok = _tokenizer(tmp_path)
+    inputs = model_inputs(messages_for([str(img)], [], "Describe this image"), tok, model.config)
+    stops = stop_ids(str(tmp_path), model.config)
+    new = model.generate(inputs.pop("input_ids"), max_new_tokens=6, stop_token_ids=stops, pad_token_id=-1, **{
+        k: inputs[k] for k in ("attention_mask", "pixel_values", "image_grid_thw", "position_ids", "rope_deltas")})
+    answer = [t for t in new[0].tolist() if t != -1 and t not in stops]
+    assert int(report.group(3)) == len(answer)
+    assert out.stdout.strip() == tok.decode(answer, skip_special_tokens=True).strip()

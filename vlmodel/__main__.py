@@ -2,10 +2,10 @@
 
     python -m vlmodel --model DIR --image PATH_OR_URL [--image ...] [--video PATH_OR_URL] --prompt "..."
 
-Images and videos are loaded by ``vlutils.process_vision_info`` (same rules as
-qwen-vl-utils), turned into patches, placed in the Qwen chat template, tokenized with
-the checkpoint's ``tokenizer.json`` (the ``tokenizers`` package) and answered with
-streaming output.  A report (prompt tokens, visual tokens, speed) goes to stderr.
+Images and videos are loaded, patchified and placed in the Qwen chat template by
+``vlutils.build_inputs`` (same rules as qwen-vl-utils), tokenized with the checkpoint's
+``tokenizer.json`` (the ``tokenizers`` package) and answered with streaming output.
+A report (prompt tokens, visual tokens, speed) goes to stderr.
 """
 
 from __future__ import annotations
@@ -16,52 +16,35 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 SYSTEM = "You are a helpful assistant."
-# CLIP normalisation used by every Qwen2-VL-family image processor.
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def patchify(frames: torch.Tensor, patch: int, temporal: int, merge: int) -> tuple[torch.Tensor, list[int]]:
-    """(T, C, H, W) pixels in 0..255 -> (patch rows in merge-block order, [t, h, w] grid).
-
-    Pixels are scaled to 0..1 and normalised; T is padded to a multiple of ``temporal``
-    by repeating the last frame (an image is one frame, repeated).
-    """
-    x = frames.float() / 255.0
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    if x.shape[0] % temporal:
-        x = torch.cat([x, x[-1:].expand(temporal - x.shape[0] % temporal, -1, -1, -1)])
-    t, c, h, w = x.shape
-    gt, gh, gw = t // temporal, h // patch, w // patch
-    x = x.view(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
-    # -> (gt, block_row, block_col, row_in_block, col_in_block, c, temporal, patch, patch)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(gt * gh * gw, c * temporal * patch * patch), [gt, gh, gw]
+def messages_for(images: list[str], videos: list[str], prompt: str, max_pixels: int | None = None,
+                 fps: float | None = None) -> list[dict]:
+    """One user turn: the images, then the videos, then the prompt (qwen-vl-utils message format)."""
+    content: list[dict] = []
+    for src in images:
+        content.append({"type": "image", "image": src, **({"max_pixels": max_pixels} if max_pixels else {})})
+    for src in videos:
+        item = {"type": "video", "video": src}
+        item.update({k: v for k, v in (("max_pixels", max_pixels), ("fps", fps)) if v})
+        content.append(item)
+    return [{"role": "user", "content": content + [{"type": "text", "text": prompt}]}]
 
 
-def build_prompt(tokenizer, config, blocks: list[tuple[str, int]], prompt: str, system: str = SYSTEM) -> list[int]:
-    """Token ids of the Qwen chat template with one ``(kind, n_tokens)`` vision block per media item."""
+def model_inputs(messages: list[dict], tokenizer, config, system: str = SYSTEM) -> dict:
+    """vlutils.build_inputs with the checkpoint's vision constants (media fetch, chat template,
+    patches, placeholder expansion, tokens, M-RoPE positions)."""
+    from vlutils.inputs import build_inputs
 
-    def special(token: str) -> int:
-        tid = tokenizer.token_to_id(token)
-        if tid is None:
-            raise SystemExit(f"tokenizer.json has no {token} token")
-        return tid
-
-    def text(s: str) -> list[int]:
-        return tokenizer.encode(s, add_special_tokens=False).ids
-
-    start, end = special("<|im_start|>"), special("<|im_end|>")
-    ids = [start] + text(f"system\n{system}") + [end] + text("\n") + [start] + text("user\n")
-    for kind, n in blocks:
-        pad = config.image_token_id if kind == "image" else config.video_token_id
-        ids += [config.vision_start_token_id] + [pad] * n + [config.vision_end_token_id]
-    ids += text(prompt) + [end] + text("\n") + [start] + text("assistant\n")
-    return ids
+    vc = config.vision
+    return build_inputs(
+        messages, tokenizer, model_type=config.model_type, system_prompt=system,
+        tokens_per_second=vc.tokens_per_second, patch_size=vc.patch_size,
+        temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size,
+    )
 
 
 def stop_ids(model_dir: str, config) -> list[int]:
@@ -96,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import tokenizers
-    import vlutils
-
     import vlmodel
 
     tok_path = os.path.join(args.model, "tokenizer.json")
@@ -108,39 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     if dtype is None and args.device == "cpu":
         dtype = torch.float32  # bf16 matmuls are slow on most CPUs
     model = vlmodel.from_pretrained(args.model, dtype=dtype, device=args.device)
-    cfg, vc = model.config, model.config.vision
+    cfg = model.config
 
-    content: list[dict] = []
-    for src in args.image:
-        content.append({"type": "image", "image": src, **({"max_pixels": args.max_pixels} if args.max_pixels else {})})
-    for src in args.video:
-        item = {"type": "video", "video": src}
-        item.update({k: v for k, v in (("max_pixels", args.max_pixels), ("fps", args.fps)) if v})
-        content.append(item)
-    messages = [{"role": "user", "content": content + [{"type": "text", "text": args.prompt}]}]
-    images, videos, video_kwargs = vlutils.process_vision_info(
-        messages, return_video_kwargs=True, image_patch_size=vc.patch_size
-    )
-
-    media: dict = {}
-    blocks: list[tuple[str, int]] = []
-    merge = vc.spatial_merge_size
-    for kind, items in (("image", images or []), ("video", videos or [])):
-        rows, grids = [], []
-        for item in items:
-            frames = torch.from_numpy(np.asarray(item.convert("RGB"))).permute(2, 0, 1)[None] if kind == "image" else item
-            patches, grid = patchify(frames, vc.patch_size, vc.temporal_patch_size, merge)
-            rows.append(patches)
-            grids.append(grid)
-            blocks.append((kind, grid[0] * grid[1] * grid[2] // merge**2))
-        if rows:
-            key = "pixel_values" if kind == "image" else "pixel_values_videos"
-            media[key] = torch.cat(rows).to(args.device)
-            media[f"{kind}_grid_thw"] = torch.tensor(grids, device=args.device)
-    if videos and cfg.model_type == "qwen2_5_vl":
-        media["second_per_grid_ts"] = [vc.temporal_patch_size / fps for fps in video_kwargs["fps"]]
-    # vlutils lists images then videos; the prompt places them in the same order.
-    ids = torch.tensor([build_prompt(tokenizer, cfg, blocks, args.prompt, args.system)], device=args.device)
+    messages = messages_for(args.image, args.video, args.prompt, args.max_pixels, args.fps)
+    inputs = model_inputs(messages, tokenizer, cfg, args.system)
+    keys = ("attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+            "second_per_grid_ts", "position_ids", "rope_deltas")
+    media = {k: inputs[k].to(args.device) for k in keys if inputs.get(k) is not None}
+    ids = inputs["input_ids"].to(args.device)
 
     answer: list[int] = []
     shown = ""
@@ -166,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = text
     sys.stdout.write(tokenizer.decode(answer, skip_special_tokens=True)[len(shown):] + "\n")
     t_end = time.perf_counter()
-    visual = sum(n for _, n in blocks)
+    visual = int(((ids == cfg.image_token_id) | (ids == cfg.video_token_id)).sum())
     decode_s = t_end - (t_first or t_end)
     rate = (len(answer) - 1) / decode_s if len(answer) > 1 and decode_s > 0 else float("nan")
     print(
