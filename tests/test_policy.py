@@ -315,6 +315,13 @@ def test_ordinary_inputs_still_work(media_root, server):
         (lambda root: "http://[::1]/", "loopback"),
         (lambda root: "http://10.0.0.1/x.png", "private"),
         (lambda root: {"url": "http://192.168.0.1/x.png"}, "private"),
+        (lambda root: "FILE:///etc/passwd", "outside the allowed roots"),
+        (lambda root: "file://localhost/etc/passwd", "outside the allowed roots"),
+        (lambda root: "file:/etc/passwd", "outside the allowed roots"),
+        (lambda root: "file://" + str(root) + "/..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd", "outside the allowed roots"),
+        (lambda root: str(root) + "/escape.png\x00.png", "invalid path|outside"),
+        (lambda root: "http://user:pw@127.0.0.1:80/x.png", "loopback"),
+        (lambda root: "HTTP://[0:0:0:0:0:ffff:a9fe:a9fe]/", "metadata"),
     ],
 )
 def test_refused_with_position_and_no_connection(media_root, tmp_path, connections, make_value, reason):
@@ -333,16 +340,32 @@ def test_refused_with_position_and_no_connection(media_root, tmp_path, connectio
 
 
 @needs_hooks
+@pytest.mark.parametrize("item", [
+    {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}},
+    {"type": "image_url", "image_url": "http://169.254.169.254/latest/meta-data/iam/"},
+    {"type": "image_url", "image_url": {"url": "http://[::1]:8080/x.png"}},
+])
+def test_openai_style_items_are_checked(item, connections):
+    with policy.use(SafetyPolicy()):
+        with pytest.raises(UnsafeSourceError, match="^message 0, item 0: .*safe mode"):
+            vlutils.process_vision_info([{"role": "user", "content": [item]}])
+    assert connections == []
+
+
+@needs_hooks
 def test_redirect_from_allowed_host_to_private_one_is_refused(server, connections):
     """127.0.0.1 is allowed explicitly; its redirects to 127.0.0.2 (loopback) and to
     10.0.0.1 (private) must be refused before connecting to them."""
     to_loopback = server.route("/hop1", redirect(server.url("img.png", host="127.0.0.2")))
     to_private = server.route("/hop2", redirect("http://10.0.0.1/img.png"))
     relative_ok = server.route("/hop3", redirect("/img.png"))
+    scheme_relative = server.route("/hop4", redirect(f"//127.0.0.2:{server.port}/img.png"))
+    metadata = server.route("/hop5", redirect("http://169.254.169.254/latest/meta-data/", 301))
     p = SafetyPolicy(allowed_networks=LOOPBACK_ONLY)
     with policy.use(p):
-        for url, target in ((to_loopback, "127.0.0.2"), (to_private, "10.0.0.1")):
-            with pytest.raises(UnsafeSourceError, match=rf"redirect to http://{target}.*(loopback|private)") as info:
+        for url, target in ((to_loopback, "127.0.0.2"), (to_private, "10.0.0.1"), (scheme_relative, "127.0.0.2"),
+                            (metadata, "169.254.169.254")):
+            with pytest.raises(UnsafeSourceError, match=rf"redirect to http://{target}.*(loopback|private|metadata)") as info:
                 vlutils.process_vision_info(image_msg(url))
             assert url in str(info.value)
         images, _ = vlutils.process_vision_info(image_msg(relative_ok))
