@@ -13,6 +13,7 @@ import gzip
 import io
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -253,3 +254,40 @@ def test_one_bad_url_among_good_ones_names_its_position(server):
     ]
     with pytest.raises(FetchError, match=r"^message 2, item 2: .*/b404: HTTP 404"):
         vlutils.process_vision_info(messages)
+
+
+def _have_video() -> bool:
+    try:
+        from vlutils.video import fetch_video  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_video(), reason="vlutils.video not available yet")
+@pytest.mark.parametrize("fault", ["stall", "silent", "404", "truncated", "over_cap"])
+def test_video_url_faults_clean_up(server, fault, tmp_path, monkeypatch):
+    """Videos are streamed to a temporary file: each fault is a typed error within the
+    limits and the file is gone afterwards."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    clip = (Path(__file__).resolve().parent.parent / "fixtures" / "bad" / "ok_video.mp4").read_bytes()
+    routes = {
+        "stall": (headers_then_stall(server, 20, declared=len(clip), first=clip[:1000]), FetchTimeoutError),
+        "silent": (never_answer(server, 20), FetchTimeoutError),
+        "404": (answer(404, b"", "text/plain"), FetchError),
+        "truncated": (answer(body=clip[: len(clip) // 3], content_type="video/mp4", content_length=len(clip)),
+                      FetchError),
+        "over_cap": (endless_body(server), SizeLimitError),
+    }
+    route, error = routes[fault]
+    url = server.route(f"/v-{fault}.mp4", route)
+    messages = [{"role": "user", "content": [{"type": "video", "video": url}]}]
+    start = time.monotonic()
+    with pytest.raises(error, match="^message 0, item 0: "):
+        vlutils.process_vision_info(messages)
+    assert time.monotonic() - start < READ_TIMEOUT * (RETRIES + 1) + TOTAL_TIMEOUT + SLACK
+    assert list(folder.iterdir()) == []

@@ -474,3 +474,49 @@ def test_decode_timeout_is_capped(media_root, monkeypatch):
     with policy.use(SafetyPolicy(allowed_roots=[str(media_root)], decode_timeout=1e-6)):
         with pytest.raises(DecodeTimeoutError, match="longer than"):
             vlutils.process_vision_info(video_msg(str(clip)))
+
+
+@needs_hooks
+def test_asyncio_server_pattern(media_root):
+    """A server handling requests as asyncio tasks: each task's `use` block applies to the
+    work it hands to a thread with asyncio.to_thread (which copies the context), and
+    concurrent tasks with different policies do not see each other's."""
+    import asyncio
+
+    inside, outside = str(media_root / "ok.png"), str(media_root.parent / "secret" / "secret.png")
+    strict = SafetyPolicy(allowed_roots=[str(media_root)])
+
+    async def handle(path: str, p: SafetyPolicy | None):
+        with policy.use(p):
+            await asyncio.sleep(0.01)  # let the other tasks interleave
+            try:
+                images, _ = await asyncio.to_thread(vlutils.process_vision_info, image_msg(path))
+                return "ok"
+            except UnsafeSourceError:
+                return "refused"
+
+    async def main():
+        return await asyncio.gather(handle(inside, strict), handle(outside, strict), handle(outside, None),
+                                    handle(outside, strict), handle(inside, None))
+
+    assert asyncio.run(main()) == ["ok", "refused", "ok", "refused", "ok"]
+    assert policy.current() is None
+
+
+@needs_video_hooks
+def test_video_download_capped_and_cleaned(tmp_path, monkeypatch):
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    clip = open(os.path.join(BAD, "ok_video.mp4"), "rb").read()
+    with FaultyServer() as srv:
+        srv.route("/clip.mp4", answer(body=clip, content_type="video/mp4", content_length=False))
+        with policy.use(SafetyPolicy(allowed_networks=LOOPBACK_ONLY, max_bytes=len(clip) // 2)):
+            with pytest.raises(SizeLimitError, match="byte limit"):
+                vlutils.process_vision_info(video_msg(srv.url("clip.mp4")))
+        with policy.use(SafetyPolicy(allowed_networks=LOOPBACK_ONLY)):
+            _, videos = vlutils.process_vision_info(video_msg(srv.url("clip.mp4")))
+            assert videos[0].shape[0] == 6
+    assert list(folder.iterdir()) == []
