@@ -80,7 +80,11 @@ def ensure_media(media: Path, names: set[str]) -> None:
 
 # ----------------------------------------------------------------------------- child
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process plus the largest child's (the decord backend decodes in a
+    child process): an upper bound of the tree's peak."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
 
 
 def child(runner: str, path: str, options: dict) -> dict:

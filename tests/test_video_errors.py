@@ -188,6 +188,16 @@ def test_hanging_backend_stopped_by_time_limit(tmp_path, backend, monkeypatch):
             fetch_video({"video": path}, backend=backend, timeout=1.0)
         assert time.monotonic() - start < 3.0
         assert "stuck.mp4" in str(info.value)
+        if backend == "decord":  # runs in a child process: killed, nothing left behind
+            import psutil
+
+            wait_until = time.monotonic() + 3
+            while time.monotonic() < wait_until and (
+                psutil.Process().children() or {t.ident for t in threading.enumerate()} - before
+            ):
+                time.sleep(0.05)
+            assert not psutil.Process().children(), "decord child process still running"
+            assert not ({t.ident for t in threading.enumerate()} - before), "decode thread still blocked"
     monkeypatch.setenv("VLUTILS_VIDEO_TIMEOUT", "0.5")
     with hanging_file(tmp_path, "stuck2.mp4") as path:
         with pytest.raises(DecodeTimeoutError):

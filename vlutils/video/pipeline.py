@@ -4,7 +4,9 @@ Decoding runs in a worker thread; the calling thread resizes each frame as it ar
 (FFmpeg and torch both release the GIL, so the two overlap on two cores). A bounded
 queue keeps at most a few full-size frames alive. The caller stops waiting at the
 deadline and raises :class:`DecodeTimeoutError`; the worker notices between frames and
-exits (a C call that never returns leaves only that daemon thread behind).
+exits. A reader with ``abort()`` (decord, which runs in a child process) is killed
+at the deadline; for the in-process backends a C call that never returns leaves only
+that daemon thread behind.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def decode_video(
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                _abort(state.get("reader"))
                 raise DecodeTimeoutError(
                     f"decoding with backend {backend.name!r} took longer than {timeout:g}s "
                     "(raise the limit with timeout= or VLUTILS_VIDEO_TIMEOUT)",
@@ -163,6 +166,16 @@ def decode_video(
             torch.set_num_threads(saved_threads)
     worker.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
     return DecodeResult(video, plan, probe, sink.source_size, state.get("reader"), time.monotonic() - started)
+
+
+def _abort(reader: Any) -> None:
+    """Stop a reader that can be killed from outside (the decord child process)."""
+    abort = getattr(reader, "abort", None)
+    if abort is not None:
+        try:
+            abort()
+        except Exception:  # pragma: no cover - best effort
+            logger.debug("abort failed", exc_info=True)
 
 
 def _single_thread_resize() -> int | None:
