@@ -164,6 +164,10 @@ FIXTURES = {
     "vp9_30fps.webm": dict(codec="libvpx-vp9", width=160, height=96, nframes=60, options={"g": "30", "deadline": "realtime", "cpu-used": "8"}),
     "av1_30fps.mkv": dict(codec="libsvtav1", width=160, height=96, nframes=40, options={"preset": "12"}),
     "mpeg4_25fps.avi": dict(codec="mpeg4", width=176, height=144, nframes=50, rate=25, options={"g": "12"}),
+    # containers without a precise index: seeking is inexact (decord returns wrong frames)
+    "h264_long_gop.ts": dict(codec="libx264", width=192, height=108, nframes=300, options={"g": "48", "bf": "2"}),
+    "mpeg2_long_gop.mpg": dict(codec="mpeg2video", width=192, height=108, nframes=300, rate=25,
+                               options={"g": "30", "bf": "2"}),
     "mjpeg_15fps.avi": dict(codec="mjpeg", width=160, height=120, nframes=30, rate=15, pix_fmt="yuvj420p"),
 }
 
