@@ -75,7 +75,7 @@ def fetch_video(
     output_dtype: torch.dtype = torch.float32,
     fast_resize: bool = False,
     fetch_settings: FetchSettings | None = None,
-):
+) -> Any:
     """Load, sample and resize one video item; same arguments and return values as
     ``qwen_vl_utils.fetch_video`` (``video``, ``(video, metadata)``, and ``..., sample_fps``).
 
@@ -122,7 +122,9 @@ def _label(value: Any) -> Any:
     return value if isinstance(value, str) else None
 
 
-def read_video(ele: dict[str, Any], backend: str | None = None, timeout: float | None = None):
+def read_video(
+    ele: dict[str, Any], backend: str | None = None, timeout: float | None = None
+) -> tuple[torch.Tensor, VideoMetadata, float]:
     """The reference's per-backend reader contract, ``VIDEO_READER_BACKENDS[name](ele)``:
     ``(uint8 TCHW frames at source size, metadata, sample_fps)`` - no resize."""
     value = video_source(ele)
