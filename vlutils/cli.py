@@ -13,14 +13,13 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
 from .errors import VisionInputError, describe_source
 from .image import image_source, load_image_item
 from .messages import VisionItem, iter_vision_items
-from .vision_process import _workers
+from .vision_process import run_parallel
 
 logger = logging.getLogger("vlutils.cli")
 
@@ -78,11 +77,12 @@ def _video_report(item: VisionItem, patch: int) -> dict:
     value = item.element.get("video", item.element.get("video_url"))
     if isinstance(value, dict):
         value = value.get("url")
-    original = metadata.get("original_size") or metadata.get("size")
+    info = getattr(metadata, "info", {}) or {}
+    original = [info["source_width"], info["source_height"]] if "source_width" in info else None
     return {
         "kind": "video",
         "source": _describe(value),
-        "original_size": list(original) if original else None,
+        "original_size": original,
         "total_frames": metadata.get("total_num_frames"),
         "frames_sampled": int(frames),
         "sample_fps": round(float(sample_fps), 4),
@@ -111,8 +111,7 @@ def run(path: str, image_patch_size: int = 14) -> dict:
     _rebase_paths(conversations, os.path.dirname(os.path.abspath(path)))
     items = iter_vision_items(conversations)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=_workers(len(items) or 1)) as pool:
-        reports = list(pool.map(lambda item: _run_item(item, image_patch_size), items))
+    reports = run_parallel(lambda item: _run_item(item, image_patch_size), items)
     total = {
         "items": len(reports),
         "errors": sum(r["kind"] == "error" for r in reports),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Callable, Sequence, TypeVar
 
 from .errors import InvalidMessageError, InvalidOptionError, VisionInputError
 from .image import fetch_image
@@ -14,6 +14,9 @@ from .messages import VisionItem, iter_vision_items
 from .resize import check_number
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_FETCH_WORKERS = int(os.environ.get("VLUTILS_FETCH_WORKERS", 8))
 
@@ -45,6 +48,28 @@ def _workers(count: int) -> int:
     return max(1, min(count, MAX_FETCH_WORKERS, (os.cpu_count() or 1) + 2))
 
 
+def run_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(item) for item in items]`` in a bounded thread pool, results in input order.
+
+    Each task runs in a copy of the caller's context, so a ``vlutils.policy.use(...)`` block
+    (a contextvar) reaches the worker threads. As soon as one item fails, the earliest failed
+    item raises: siblings still downloading are not waited for (each is bounded by its own
+    timeouts and ends in the background) and queued ones are cancelled.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=_workers(len(items)), thread_name_prefix="vlutils-fetch")
+    try:
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and future.exception() is not None:
+                raise future.exception()
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def process_vision_info(
     conversations: list[dict] | list[list[dict]],
     return_video_kwargs: bool = False,
@@ -62,22 +87,7 @@ def process_vision_info(
     """
     check_number("image_patch_size", image_patch_size, integer=True)
     items = iter_vision_items(conversations)
-    if len(items) <= 1:
-        results = [_fetch_one(item, image_patch_size, return_video_metadata) for item in items]
-    else:
-        with ThreadPoolExecutor(max_workers=_workers(len(items)), thread_name_prefix="vlutils-fetch") as pool:
-            # each task runs in a copy of the caller's context so a `vlutils.policy.use(...)`
-            # block (a contextvar) reaches the worker threads
-            futures = [
-                pool.submit(contextvars.copy_context().run, _fetch_one, item, image_patch_size, return_video_metadata)
-                for item in items
-            ]
-            try:
-                results = [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+    results = run_parallel(lambda item: _fetch_one(item, image_patch_size, return_video_metadata), items)
 
     image_inputs = [value for kind, value, _ in results if kind == "image"] or None
     video_inputs = [value for kind, value, _ in results if kind == "video"] or None
