@@ -130,3 +130,24 @@ def test_bad_media_is_a_clear_error():
         patchify_image("cat.png")
     with pytest.raises(VisionInputError, match="image 1"):
         patchify(images=[np.zeros((28, 28, 3), np.uint8), np.zeros((28, 29, 3), np.uint8)])
+
+
+def test_unusual_rescale_factor_and_fractional_frames():
+    """Paths without the float32 shortcut: still transformers' float64-then-float32 rounding."""
+    from transformers import Qwen2VLImageProcessor
+
+    rng = np.random.default_rng(4)
+    pixels = [rng.integers(0, 256, size=(56, 84, 3), dtype=np.uint8) for _ in range(3)]
+    ref = Qwen2VLImageProcessor(rescale_factor=0.0123, min_pixels=28 * 28, max_pixels=28 * 28 * 1000)
+    expected = ref(images=pixels, return_tensors="pt")["pixel_values"]
+    ours = patchify(images=pixels, rescale_factor=0.0123)["pixel_values"]
+    assert torch.equal(ours, expected)
+    # Fractional float frames (transformers' slow path refuses them): the formula, value by value.
+    frames = torch.from_numpy(rng.uniform(0, 255, size=(2, 3, 28, 28)).astype(np.float32))
+    pv, _ = patchify_video(frames, "qwen2_vl")
+    preset = PRESETS["qwen2_vl"]
+    x = (frames.double() * preset.rescale_factor).float()
+    x = (x - torch.tensor(preset.image_mean).view(1, 3, 1, 1)) / torch.tensor(preset.image_std).view(1, 3, 1, 1)
+    # One 28x28 frame pair = 2x2 patches = one merge block: rows (y-block, x-block), values (c, t, y, x).
+    expect = x.view(2, 3, 2, 14, 2, 14).permute(2, 4, 1, 0, 3, 5).reshape(4, -1)
+    assert torch.equal(pv, expect)

@@ -4,19 +4,23 @@ The output is bit-identical to transformers' slow (PIL/numpy) ``Qwen2VLImageProc
 for media that is already sized to a multiple of ``patch_size * merge_size`` (which is what
 ``process_vision_info`` returns):
 
-* rescale: ``float32(float64(x) * (1/255))``; normalize: ``(x - mean) / std`` in float32;
+* rescale: ``float32(float64(x) * (1/255))``; normalize: ``(x - mean) / std`` in float32
+  (through a per-channel table of the 256 byte values, so no float64 copy of the pixels);
 * frames are grouped by ``temporal_patch_size`` (2); a still image is repeated to 2 frames
   and an odd frame count is padded with the last frame;
 * ``pixel_values`` rows are ``(grid_t * grid_h * grid_w, C * temporal_patch * patch * patch)``,
   ordered merge-block by merge-block (the order the vision tower's PatchMerger expects).
 
 Work is done one image / video at a time, written into one preallocated output, so peak
-memory is the output plus one float64 copy of the largest single item.
+memory is the output plus a byte-sized copy of the largest single item.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,6 +31,7 @@ from .errors import InvalidOptionError, VisionInputError
 
 __all__ = ["VisionPreset", "PRESETS", "get_preset", "patchify", "patchify_image", "patchify_video"]
 
+_MAX_THREADS = 8
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -132,15 +137,24 @@ def patchify(
 def _patchify_many(
     frame_stacks: list[torch.Tensor], grids: list[torch.Tensor], preset: VisionPreset
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patchify every stack into one preallocated (rows, dim) float32 tensor."""
+    """Patchify every stack into one preallocated (rows, dim) float32 tensor.
+
+    Items go to a small thread pool: numpy releases the GIL in its copies and arithmetic, and
+    each item writes its own slice of the output, so the work spreads over the cores.
+    """
     grids = torch.stack(grids)
     rows = grids.prod(1)
     dim = 3 * preset.temporal_patch_size * preset.patch_size**2
     pixel_values = torch.empty(int(rows.sum()), dim, dtype=torch.float32)
-    start = 0
-    for frames, n in zip(frame_stacks, rows.tolist()):
-        _write_patches(frames, preset, pixel_values[start : start + n])
-        start += n
+    ends = torch.cumsum(rows, 0).tolist()
+    slices = [pixel_values[end - n : end] for end, n in zip(ends, rows.tolist())]
+    workers = min(len(frame_stacks), os.cpu_count() or 1, _MAX_THREADS)
+    if workers <= 1:
+        for frames, target in zip(frame_stacks, slices):
+            _write_patches(frames, preset, target)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda job: _write_patches(job[0], preset, job[1]), zip(frame_stacks, slices)))
     return pixel_values, grids
 
 
@@ -165,23 +179,54 @@ def _grid(frames: torch.Tensor, preset: VisionPreset, source: Any) -> torch.Tens
 
 
 def _write_patches(frames: torch.Tensor, preset: VisionPreset, out: torch.Tensor) -> None:
-    """Rescale, normalize and reorder one (T, 3, H, W) stack into ``out`` (rows x dim)."""
+    """Reorder one (T, 3, H, W) stack of 0..255 values into patches and normalize into ``out``.
+
+    The reorder is done first, on the raw values (1 byte each for uint8). Bytes are then
+    rescaled in float32 in a form proven (over all 256 values) to round exactly like
+    transformers' ``float32(float64(x) * rescale)``, and normalized with ``(x - mean) / std``
+    in float32 as transformers does. numpy is used because its strided copies and in-place
+    arithmetic are several times faster than torch's on CPU here.
+    """
     tp, p, m = preset.temporal_patch_size, preset.patch_size, preset.merge_size
     n, channels, height, width = frames.shape
+    values = frames.numpy()
     pad = (-n) % tp
     if pad:  # an odd frame count (or a still image) repeats its last frame
-        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-    # Same arithmetic and rounding as transformers: float64 rescale, float32 normalize.
-    values = (frames.to(torch.float64) * preset.rescale_factor).to(torch.float32)
-    mean = torch.tensor(preset.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(preset.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-    values = (values - mean) / std
+        values = np.concatenate([values, np.repeat(values[-1:], pad, axis=0)])
     grid_t, grid_h, grid_w = values.shape[0] // tp, height // p, width // p
-    values = values.view(grid_t, tp, channels, grid_h // m, m, p, grid_w // m, m, p)
+    values = values.reshape(grid_t, tp, channels, grid_h // m, m, p, grid_w // m, m, p)
     # -> (t, h-block, w-block, h-in-block, w-in-block) rows of (channel, frame, y, x) values.
-    out.view(grid_t, grid_h // m, grid_w // m, m, m, channels, tp, p, p).copy_(
-        values.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    )
+    patches = np.ascontiguousarray(values.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)).reshape(-1, channels, tp * p * p)
+    target = out.numpy().reshape(-1, channels, tp * p * p)
+    if patches.dtype != np.uint8:
+        as_bytes = patches.astype(np.uint8)
+        if np.array_equal(as_bytes, patches):  # float frames holding whole numbers, as qwen-vl-utils returns
+            patches = as_bytes
+    mean = np.asarray(preset.image_mean, dtype=np.float32).reshape(1, channels, 1)
+    std = np.asarray(preset.image_std, dtype=np.float32).reshape(1, channels, 1)
+    plan = _byte_rescale(preset.rescale_factor) if patches.dtype == np.uint8 else None
+    if plan is not None:
+        operation, constant = plan
+        operation(patches, constant, out=target)  # bytes -> float32, one exact-as-reference rounding
+    else:  # fractional values (or an unusual rescale factor): float64 then float32, as transformers
+        target[...] = (patches.astype(np.float64) * preset.rescale_factor).astype(np.float32)
+    np.subtract(target, mean, out=target)
+    np.divide(target, std, out=target)
+
+
+@functools.lru_cache(maxsize=16)
+def _byte_rescale(rescale: float):
+    """A float32-only way to compute ``float32(float64(v) * rescale)`` for every byte ``v``, or None.
+
+    Checked exhaustively on the 256 possible values: for 1/255, ``float32(v) / 255`` is exact.
+    """
+    values = np.arange(256)
+    reference = (values.astype(np.float64) * rescale).astype(np.float32)
+    as_float32 = values.astype(np.float32)
+    for operation, constant in ((np.divide, np.float32(1 / rescale)), (np.multiply, np.float32(rescale))):
+        if np.array_equal(operation(as_float32, constant), reference):
+            return operation, constant
+    return None
 
 
 def _frames_from_image(image: Any) -> torch.Tensor:
