@@ -174,6 +174,9 @@ def make_videos(out: Path) -> None:
                *encoders["mp4"], "-bitexact", "-map_metadata", "-1", str(one))
         shutil.copy(one, out / "vid_one_frame.mp4")
         shutil.copy(tmp / "ok.mp4", out / "ok_video.mp4")  # control: options and resource cases use it
+        # a plain MPEG-TS segment: the playlist tests point HLS playlists at it
+        ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=8:duration=1", "-pix_fmt", "yuv420p",
+               *encoders["mp4"], "-bitexact", "-map_metadata", "-1", "-f", "mpegts", str(out / "vid_segment.ts"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -520,3 +520,50 @@ def test_video_download_capped_and_cleaned(tmp_path, monkeypatch):
             _, videos = vlutils.process_vision_info(video_msg(srv.url("clip.mp4")))
             assert videos[0].shape[0] == 6
     assert list(folder.iterdir()) == []
+
+
+# ------------------------------------------------ playlists (HLS) pull in other files
+
+PLAYLIST_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="SECURITY BUG [4] in .notes-hardening-bugs.txt: an HLS playlist (.m3u8, from a URL or an allowed "
+    "folder) makes FFmpeg open and decode media files anywhere on the server; remove once fixed",
+)
+
+
+def hls_playlist(segment: str) -> bytes:
+    return (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\n{segment}\n"
+            "#EXT-X-ENDLIST\n").encode()
+
+
+@pytest.fixture
+def secret_segment(tmp_path):
+    """A media file the server never meant to expose (outside every allowed root)."""
+    secret = tmp_path / "private-uploads"
+    secret.mkdir()
+    target = secret / "other-user.ts"
+    target.write_bytes(open(os.path.join(BAD, "vid_segment.ts"), "rb").read())
+    return str(target)
+
+
+@PLAYLIST_BUG
+@pytest.mark.skipif(not HOOKS, reason="library hooks not applied yet")
+@pytest.mark.parametrize("safe", [False, True], ids=["default", "safe-mode"])
+def test_url_playlist_cannot_decode_local_files(secret_segment, safe):
+    """A stranger's URL ending in .m3u8 lists a local path: the server must not decode
+    that local file into frames the model would then describe to the stranger."""
+    with FaultyServer() as srv:
+        url = srv.route("/clip.m3u8", answer(body=hls_playlist(secret_segment), content_type="application/vnd.apple.mpegurl"))
+        p = SafetyPolicy(allowed_networks=LOOPBACK_ONLY) if safe else None
+        with policy.use(p):
+            with pytest.raises(VisionInputError, match="^message 0, item 0: "):
+                vlutils.process_vision_info(video_msg(url))
+
+
+@PLAYLIST_BUG
+@needs_video_hooks
+def test_playlist_in_allowed_root_cannot_escape_it(media_root, secret_segment):
+    (media_root / "clip.m3u8").write_bytes(hls_playlist(secret_segment))
+    with policy.use(SafetyPolicy(allowed_roots=[str(media_root)])):
+        with pytest.raises(VisionInputError, match="^message 0, item 0: "):
+            vlutils.process_vision_info(video_msg(str(media_root / "clip.m3u8")))

@@ -141,7 +141,7 @@ def test_rss_flat_over_100_video_decodes():
     def call(i: int) -> None:
         try:
             vlutils.process_vision_info(msg(sources[i % len(sources)]))
-        except DecodeError:
+        except VisionInputError:
             pass
 
     for i in range(20):
@@ -174,7 +174,7 @@ def test_temporary_files_always_removed(private_tmp, server, fast_http):
         ({"video": "data:video/mp4;base64," + base64.b64encode(data).decode()}, None),
         ({"video": server.url("/clip.mp4")}, None),
         ({"video": BAD.joinpath("vid_noise_middle.mp4").read_bytes()}, VisionInputError),
-        ({"video": BAD.joinpath("vid_text.mp4").read_bytes()}, DecodeError),
+        ({"video": BAD.joinpath("vid_text.mp4").read_bytes()}, VisionInputError),
         ({"video": server.url("/cut.mp4")}, FetchError),  # connection ends mid-body
         ({"video": server.url("/500")}, FetchError),
     ]
