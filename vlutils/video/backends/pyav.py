@@ -181,8 +181,9 @@ class PyAVReader:
                         idx = self._index_of.get(frame.pts) if self._index_of is not None else None
                         idx = last + 1 if idx is None else idx
                         if just_seeked and idx > wanted[pos]:
-                            # the seek landed after the wanted frame: decode from the start instead
-                            logger.warning("%s: inexact seek (frame %d for %d); decoding sequentially", self.path, idx, wanted[pos])
+                            # the seek landed after the wanted frame (containers without an exact
+                            # index, e.g. MPEG-TS): stop seeking, decode from the start
+                            logger.info("%s: inexact seek (frame %d for %d); decoding sequentially", self.path, idx, wanted[pos])
                             can_seek, seek_to = False, None
                             container.seek(0, stream=stream, backward=True, any_frame=False)
                             codec.flush_buffers()
@@ -210,8 +211,17 @@ class PyAVReader:
                     else:
                         continue
                     break  # a seek is due (or the inexact-seek restart happened)
-                else:
-                    break  # end of stream
+                else:  # end of stream
+                    if can_seek and self.seeks:
+                        # a seek may have skipped frames (inexact index): one sequential pass
+                        logger.info("%s: stream ended after seeking; decoding from the start", self.path)
+                        can_seek, seek_to = False, None
+                        container.seek(0, stream=stream, backward=True, any_frame=False)
+                        codec.flush_buffers()
+                        self.seeks += 1
+                        last = -1
+                        continue
+                    break
             if pos < len(wanted):
                 if pos == 0:
                     raise DecodeError("no frame could be decoded", self.source)
