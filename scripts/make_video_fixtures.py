@@ -121,6 +121,25 @@ def make_rotated(src: Path, dst: Path) -> None:
     encode_rotated_pyav(dst)
 
 
+def make_cover_art(src: Path, dst: Path) -> None:
+    """An mkv whose first video stream is a cover picture (attachment-style PNG stream)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if not ffmpeg:
+        logger.warning("ffmpeg CLI not found: skipping %s", dst.name)
+        return
+    cover = dst.with_suffix(".cover.png")
+    frame = av.VideoFrame.from_ndarray(frame_image(99, 64, 64), format="rgb24")
+    frame.to_image().save(cover)
+    try:
+        subprocess.run(
+            [ffmpeg, "-v", "error", "-y", "-i", str(cover), "-i", str(src), "-map", "0", "-map", "1", "-c", "copy",
+             "-disposition:v:0", "attached_pic", str(dst)],
+            check=True,
+        )
+    finally:
+        cover.unlink(missing_ok=True)
+
+
 def encode_rotated_pyav(dst: Path) -> None:
     with av.open(str(dst), "w") as out:
         stream = out.add_stream("libx264", rate=30, options={"g": "30"})
@@ -197,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     rotated = out / "h264_rotate90.mp4"
     if args.force or not rotated.exists():
         make_rotated(out / "h264_320x240_30fps.mp4", rotated)
+    cover = out / "h264_cover_art_first.mkv"
+    if args.force or not cover.exists():
+        make_cover_art(out / "h264_320x240_30fps.mp4", cover)
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     logger.info("fixtures: %d files, %d bytes", len(list(out.iterdir())), total)
     return 0

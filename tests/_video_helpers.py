@@ -22,6 +22,7 @@ CFR_FIXTURES = [
     "h264_wide_450x60.mp4",
     "h264_with_audio.mp4",
     "h264_rotate90.mp4",
+    "h264_cover_art_first.mkv",
     "hevc_24fps.mp4",
     "vp9_30fps.webm",
     "mpeg4_25fps.avi",

@@ -44,6 +44,11 @@ def _open_container(path: str, source: Any):
     return container
 
 
+def _video_stream(container):
+    """FFmpeg's best video stream (as decord picks it): not a cover-art picture stream."""
+    return container.streams.best("video") or container.streams.video[0]
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 160 else text[:160] + "..."
@@ -74,7 +79,7 @@ class PyAVReader:
         container = _open_container(self.path, self.source)
         scan_error = None
         try:
-            stream = container.streams.video[0]
+            stream = _video_stream(container)
             time_base = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             codec = stream.codec_context.name
@@ -145,7 +150,7 @@ class PyAVReader:
         av = _import_av()
         container = _open_container(self.path, self.source)
         try:
-            stream = container.streams.video[0]
+            stream = _video_stream(container)
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
             codec = stream.codec_context
