@@ -80,11 +80,43 @@ def ensure_media(media: Path, names: set[str]) -> None:
 
 # ----------------------------------------------------------------------------- child
 def peak_rss_mb() -> float:
-    """Peak RSS of this process plus the largest child's (the decord backend decodes in a
-    child process): an upper bound of the tree's peak."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+    """Peak RSS of this process (the kernel's exact high-water mark)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TreeSampler:
+    """Samples RSS of this process plus its children every 20 ms during a call, so the
+    decord backend's decoding child counts (RUSAGE_CHILDREN would also count helpers
+    forked at import time, which report the parent's size)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            import psutil
+        except ImportError:
+            return
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                total = 0
+            self.peak = max(self.peak, total / 2**20)
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def child(runner: str, path: str, options: dict) -> dict:
@@ -129,12 +161,13 @@ def child(runner: str, path: str, options: dict) -> dict:
             kwargs["fast_resize"] = True
         call = lambda: fetch_video(ele, return_video_sample_fps=True, **kwargs)  # noqa: E731
     base_rss = peak_rss_mb()
-    start = time.perf_counter()
-    video, sample_fps = call()
-    seconds = time.perf_counter() - start
+    with TreeSampler() as tree:
+        start = time.perf_counter()
+        video, sample_fps = call()
+        seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": max(peak_rss_mb(), tree.peak),
         "rss_before_mb": base_rss,
         "output_mb": video.numel() * video.element_size() / 2**20,
         "shape": list(video.shape),
