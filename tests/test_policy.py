@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import vlutils
+import vlutils.image
 import vlutils.sources
 from vlutils import policy
 from vlutils.errors import FetchError, InvalidOptionError, SizeLimitError, UnsafeSourceError, VisionInputError
@@ -567,3 +568,47 @@ def test_playlist_in_allowed_root_cannot_escape_it(media_root, secret_segment):
     with policy.use(SafetyPolicy(allowed_roots=[str(media_root)])):
         with pytest.raises(VisionInputError, match="^message 0, item 0: "):
             vlutils.process_vision_info(video_msg(str(media_root / "clip.m3u8")))
+
+
+# ------------------------------------------------------------------ image formats
+
+FORMAT_HOOK = "check_image_format" in inspect.getsource(vlutils.image)
+needs_format_hook = pytest.mark.skipif(not FORMAT_HOOK, reason="hook from .notes-policy-hooks-2.diff not applied yet")
+# A minimal EPS: Pillow parses the header on open; load() would run Ghostscript.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nshowpage\n%%EOF\n"
+
+
+def encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (9, 99, 199)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_image_format_check_unit():
+    p = SafetyPolicy()
+    for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"):
+        p.check_image_format(fmt)
+    for fmt in ("EPS", "PSD", "FITS", "PPM", None):
+        with pytest.raises(UnsafeSourceError, match="image format"):
+            p.check_image_format(fmt, "x")
+    SafetyPolicy(image_formats=None).check_image_format("EPS")
+    assert SafetyPolicy(image_formats=["jpeg", " png"]).image_formats == {"JPEG", "PNG"}
+
+
+@needs_format_hook
+def test_image_formats_in_safe_mode():
+    import vlutils.image  # noqa: F401
+
+    common = {fmt: encoded(fmt) for fmt in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")}
+    exotic = {fmt: encoded(fmt) for fmt in ("PPM", "TGA", "PCX", "SGI")}
+    with policy.use(SafetyPolicy()):
+        images, _ = vlutils.process_vision_info(image_msg(*common.values()))
+        assert len(images) == len(common)
+        for fmt, data in [*exotic.items(), ("EPS", EPS)]:
+            with pytest.raises(UnsafeSourceError, match=f"image format '{fmt}' is not allowed"):
+                vlutils.process_vision_info(image_msg(data))
+    with policy.use(SafetyPolicy(image_formats={"PNG"})):
+        with pytest.raises(UnsafeSourceError, match="'JPEG'"):
+            vlutils.process_vision_info(image_msg(common["JPEG"]))
+    images, _ = vlutils.process_vision_info(image_msg(*exotic.values()))  # default: everything Pillow reads
+    assert len(images) == len(exotic)

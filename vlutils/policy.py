@@ -19,6 +19,7 @@ also reach DataLoader workers started with ``spawn``)::
     VLUTILS_ALLOWED_SCHEMES=https,data         # any of http, https, file, data, base64
     VLUTILS_ALLOWED_NETWORKS=10.1.2.0/24       # private networks that may still be fetched
     VLUTILS_SAFE_MAX_BYTES / _MAX_PIXELS / _MAX_FRAMES / _DECODE_TIMEOUT   # caps
+    VLUTILS_SAFE_IMAGE_FORMATS=JPEG,PNG,WEBP   # Pillow formats decoded ("*": all)
 
 Setting any ``VLUTILS_ALLOWED_*`` variable also turns safe mode on (fail closed: an
 administrator who names allowed roots expects a restriction); ``VLUTILS_SAFE_MODE=0``
@@ -43,6 +44,9 @@ naming the input and the reason):
   adds refusals. Known limit: the address is resolved again when connecting, so a
   DNS server that answers differently the second time (DNS rebinding) is not caught;
   put an egress firewall in front of a server that must be immune to that.
+* **image formats**: only ``image_formats`` (JPEG, MPO, PNG, GIF, WebP, BMP, TIFF, AVIF
+  by default) are decoded; Pillow's rarer decoders are a larger attack surface and EPS
+  runs Ghostscript on the input.
 * **caps**: ``max_bytes`` (download or file size), ``max_pixels`` (decoded image size,
   before resizing), ``max_frames`` (frames decoded per video) and ``decode_timeout``
   (seconds per video decode). Each lowers, never raises, the limit otherwise in force.
@@ -70,6 +74,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMES = frozenset({"http", "https", "file", "data", "base64"})
 DEFAULT_SAFE_SCHEMES = SCHEMES
+# Pillow format names decoded in safe mode. Pillow can open ~40 formats; the rare ones
+# are rarely fuzzed, and EPS runs Ghostscript (a long CVE history) on the input.
+DEFAULT_SAFE_IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"})
 
 # Cloud instance-metadata endpoints. Most are already link-local or private; listed
 # so that the refusal names them and so that ``allow_private_addresses`` (an opt-in
@@ -130,6 +137,7 @@ class SafetyPolicy:
     max_pixels: int | None = 64 * 1024 * 1024
     max_frames: int | None = 1024
     decode_timeout: float | None = 60.0
+    image_formats: frozenset[str] | None = DEFAULT_SAFE_IMAGE_FORMATS
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +158,9 @@ class SafetyPolicy:
                 raise InvalidOptionError(f"allowed_roots: {text!r} must be an absolute folder path")
             real_roots.append(os.path.realpath(text))
         object.__setattr__(self, "allowed_schemes", schemes)
+        if self.image_formats is not None:
+            formats = [self.image_formats] if isinstance(self.image_formats, str) else self.image_formats
+            object.__setattr__(self, "image_formats", frozenset(f.strip().upper() for f in formats if f.strip()))
         object.__setattr__(self, "allowed_roots", tuple(real_roots))
         object.__setattr__(self, "allowed_networks", _networks(self.allowed_networks, "allowed_networks"))
         object.__setattr__(self, "denied_networks", _networks(self.denied_networks, "denied_networks"))
@@ -166,6 +177,15 @@ class SafetyPolicy:
         if scheme not in self.allowed_schemes:
             allowed = ", ".join(sorted(self.allowed_schemes)) or "none"
             raise UnsafeSourceError(f"safe mode: scheme {scheme!r} is not allowed (allowed: {allowed})", original)
+
+    def check_image_format(self, image_format: str | None, original: Any = None) -> None:
+        """Refuse an image whose Pillow format is not in ``image_formats`` (``None``: all).
+        Call it after ``Image.open`` (header parsed) and before ``load()`` (pixels decoded)."""
+        if self.image_formats is not None and (image_format or "").upper() not in self.image_formats:
+            allowed = ", ".join(sorted(self.image_formats))
+            raise UnsafeSourceError(
+                f"safe mode: image format {image_format!r} is not allowed (allowed: {allowed})", original
+            )
 
     def check_path(self, path: str, original: Any = None) -> str:
         """Return the real path of ``path`` if it lies inside an allowed root, else refuse.
@@ -302,6 +322,7 @@ ENV_VARS = (
     "VLUTILS_SAFE_MAX_PIXELS",
     "VLUTILS_SAFE_MAX_FRAMES",
     "VLUTILS_SAFE_DECODE_TIMEOUT",
+    "VLUTILS_SAFE_IMAGE_FORMATS",
 )
 
 
@@ -391,6 +412,9 @@ def _parse_env(env: dict[str, str | None]) -> SafetyPolicy | None:
                 kwargs[name] = kind(float(text)) if kind is int else float(text)
             except ValueError:
                 raise InvalidOptionError(f"{var} must be a number, got {text!r}") from None
+    formats = env["VLUTILS_SAFE_IMAGE_FORMATS"]
+    if formats is not None:
+        kwargs["image_formats"] = None if formats.strip() == "*" else frozenset(f for f in formats.split(",") if f.strip())
     return SafetyPolicy(**kwargs)
 
 
@@ -409,6 +433,13 @@ def check_path(path: str, original: Any = None) -> str:
     """``path`` unchanged without a policy; otherwise its real path, if inside an allowed root."""
     policy = current()
     return path if policy is None else policy.check_path(path, original)
+
+
+def check_image_format(image_format: str | None, original: Any = None) -> None:
+    """Refuse an image format the active policy does not allow (see SafetyPolicy.image_formats)."""
+    policy = current()
+    if policy is not None:
+        policy.check_image_format(image_format, original)
 
 
 def check_url(url: str) -> None:
@@ -439,6 +470,7 @@ __all__ = [
     "current",
     "from_env",
     "check_scheme",
+    "check_image_format",
     "check_path",
     "check_url",
     "limit",
