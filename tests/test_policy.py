@@ -612,3 +612,32 @@ def test_image_formats_in_safe_mode():
             vlutils.process_vision_info(image_msg(common["JPEG"]))
     images, _ = vlutils.process_vision_info(image_msg(*exotic.values()))  # default: everything Pillow reads
     assert len(images) == len(exotic)
+
+
+# ----------------------------------------------------------- credentials (netrc)
+
+
+@pytest.mark.parametrize("safe", [
+    pytest.param(True, marks=pytest.mark.xfail(
+        strict=True, reason="BUG [5] in .notes-hardening-bugs.txt: in safe mode requests still attaches "
+        "~/.netrc credentials to whatever host the message names; remove once fixed")),
+    False,
+], ids=["safe-mode", "default"])
+def test_netrc_credentials_not_sent_in_safe_mode(tmp_path, monkeypatch, safe):
+    """The server's ~/.netrc must not authenticate requests a stranger chose. Without
+    safe mode they are sent, as by qwen-vl-utils (trainers may rely on it)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login svc password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    seen = []
+    png = png_bytes()
+    with FaultyServer() as srv:
+        def record(h):
+            seen.append(h.headers.get("Authorization"))
+            answer(body=png, content_type="image/png")(h)
+
+        url = srv.route("/x.png", record)
+        with policy.use(SafetyPolicy(allowed_networks=LOOPBACK_ONLY) if safe else None):
+            vlutils.process_vision_info(image_msg(url))
+    assert seen == [None] if safe else seen[0] is not None
