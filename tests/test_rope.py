@@ -190,5 +190,5 @@ def test_bad_seconds_and_ids():
         get_rope_index(torch.zeros(3, dtype=torch.long))
     with pytest.raises(VisionInputError, match="input_ids"):
         get_rope_index(torch.zeros(1, 3))
-    with pytest.raises(InvalidOptionError, match="outside"):
+    with pytest.raises(InvalidOptionError, match="has 1 image and 0 video pads"):
         get_rope_index(torch.tensor([[IMAGE_PAD, 1]]), image_grid_thw=torch.zeros(0, 3, dtype=torch.long))

@@ -19,14 +19,17 @@ How it is vectorized: a text token's id is its index among the row's valid token
 per-row running "shift": each block adds ``extent - size`` after its last token, where
 ``extent`` is ``max id - start + 1`` of the block and ``size`` its token count (one scatter and
 one cumsum for the whole batch). Vision tokens are then written one grid row (``w'`` tokens)
-at a time with ``repeat_interleave``, so only the few grid rows, not the tokens, need a
-division. Rows with holes in the attention mask are packed to the right first and put back.
+at a time with ``np.repeat``, so only the few grid rows, not the tokens, need a division.
+Rows with holes in the attention mask are packed to the right first and put back. The index
+arithmetic runs in numpy on the CPU (per-call overhead a fraction of torch's for these
+dozens of small steps); results are returned as torch tensors on ``input_ids``' device.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .errors import InvalidOptionError
@@ -70,27 +73,34 @@ def get_rope_index(
     if image_grid_thw is None and video_grid_thw is None:
         return _text_only(ids, mask)
 
-    device = ids.device
-    image_grid = _as_grid(image_grid_thw, "image_grid_thw", device)
-    video_grid = _as_grid(video_grid_thw, "video_grid_thw", device)
-    video_seconds = _as_seconds(second_per_grid_ts, video_grid.shape[0], model_type, device)
+    image_grid = _as_grid(image_grid_thw, "image_grid_thw")
+    video_grid = _as_grid(video_grid_thw, "video_grid_thw")
+    video_seconds = _as_seconds(second_per_grid_ts, video_grid.shape[0], model_type)
     if model_type == "qwen3_vl":
         # One block per frame (timestamps carry the time): (t, h, w) -> t rows of (1, h, w).
-        video_grid = torch.repeat_interleave(video_grid, video_grid[:, 0], dim=0)
+        video_grid = np.repeat(video_grid, video_grid[:, 0], axis=0)
         video_grid[:, 0] = 1
     layout = _Layout(model_type, spatial_merge_size, tokens_per_second, image_token_id, video_token_id, vision_start_token_id)
 
-    valid = None if mask is None or bool(mask.all()) else mask.bool()
-    if valid is None or _rows_are_contiguous(valid):
-        return _vision_positions(ids, valid, image_grid, video_grid, video_seconds, layout)
-    # Holes inside a row: move each row's valid tokens to the right (stable), solve the
-    # left-padded problem, and put the ids back where the tokens came from.
-    order = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices
-    packed, deltas = _vision_positions(
-        ids.gather(1, order), valid.gather(1, order), image_grid, video_grid, video_seconds, layout
-    )
-    position_ids = torch.empty_like(packed).scatter_(2, order.unsqueeze(0).expand_as(packed), packed)
-    return position_ids, deltas
+    # The index arithmetic runs in numpy on the CPU: dozens of small vectorized steps, where
+    # numpy's per-call cost is a fraction of torch's. The results go back to ids' device.
+    ids_np = ids.detach().cpu().numpy()
+    valid = None if mask is None else mask.detach().cpu().numpy().astype(bool, copy=False)
+    span = _Span.of(valid, ids_np.shape[1])
+    if span.contiguous:
+        position_ids, deltas = _vision_positions(ids_np, span, image_grid, video_grid, video_seconds, layout)
+    else:
+        # Holes inside a row: move each row's valid tokens to the right (stable), solve the
+        # left-padded problem, and put the ids back where the tokens came from.
+        order = np.argsort(valid.astype(np.int8), axis=1, kind="stable")
+        packed_valid = np.take_along_axis(valid, order, axis=1)
+        packed, deltas = _vision_positions(
+            np.take_along_axis(ids_np, order, axis=1), _Span.of(packed_valid, ids_np.shape[1]),
+            image_grid, video_grid, video_seconds, layout,
+        )
+        position_ids = np.empty_like(packed)
+        np.put_along_axis(position_ids, np.broadcast_to(order, packed.shape), packed, axis=2)
+    return torch.from_numpy(position_ids).to(ids.device), torch.from_numpy(deltas).to(ids.device)
 
 
 class _Layout:
@@ -101,85 +111,104 @@ class _Layout:
         self.image_id, self.video_id, self.start_id = image_id, video_id, start_id
 
 
-def _vision_positions(
-    ids: torch.Tensor,
-    valid: torch.Tensor | None,
-    image_grid: torch.Tensor,
-    video_grid: torch.Tensor,
-    video_seconds: torch.Tensor,
-    layout: _Layout,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The vision path for rows whose valid tokens are contiguous (``valid`` None = all valid)."""
-    batch, length = ids.shape
-    device = ids.device
+class _Span:
+    """Where each row's valid tokens are: mask (None = all valid), count, first column, and
+    whether each row's valid tokens form one run (left, right or no padding)."""
 
-    # 1. Blocks: an image/video pad token right after <|vision_start|>, in row-major order
-    #    (the order in which transformers consumes the grids, one counter across the batch).
-    is_image, is_video = ids == layout.image_id, ids == layout.video_id
-    opens = torch.zeros_like(is_image)
-    opens[:, 1:] = ids[:, :-1] == layout.start_id
-    if valid is not None:
-        is_image &= valid
-        is_video &= valid
-        opens[:, 1:] &= valid[:, :-1]
-    block_row, block_col = torch.nonzero((is_image | is_video) & opens, as_tuple=True)
-    block_is_image = is_image[block_row, block_col]
+    def __init__(self, valid: np.ndarray | None, count: np.ndarray, first: np.ndarray, contiguous: bool):
+        self.valid, self.count, self.first, self.contiguous = valid, count, first, contiguous
+
+    @classmethod
+    def of(cls, valid: np.ndarray | None, length: int) -> "_Span":
+        if valid is None or valid.all():
+            rows = 1 if valid is None else valid.shape[0]
+            return cls(None, np.full(rows, length), np.zeros(rows, dtype=np.int64), True)
+        count = valid.sum(1)
+        first = valid.argmax(1)  # the first True (0 for an empty row, whose count is 0)
+        last = length - 1 - valid[:, ::-1].argmax(1)
+        contiguous = bool(np.all((last - first + 1 == count) | (count == 0)))
+        return cls(valid, count, first, contiguous)
+
+
+def _vision_positions(
+    ids: np.ndarray,
+    span: _Span,
+    image_grid: np.ndarray,
+    video_grid: np.ndarray,
+    video_seconds: np.ndarray,
+    layout: _Layout,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The vision path for rows whose valid tokens are contiguous."""
+    batch, length = ids.shape
+    flat = ids.reshape(-1)
+    first = np.broadcast_to(span.first, (batch,))
+    end_valid = first + np.broadcast_to(span.count, (batch,))
+
+    # 1. Blocks: a valid image/video pad right after a valid <|vision_start|>, in row-major
+    #    order (the order in which transformers consumes the grids, one counter across the batch).
+    opener = np.flatnonzero(flat == layout.start_id)
+    pad_at = opener + 1
+    pad_at = pad_at[pad_at % length != 0]  # the opener may not end its row
+    row, col = np.divmod(pad_at, length)
+    inside = (col - 1 >= first[row]) & (col < end_valid[row])
+    is_image = (flat[pad_at] == layout.image_id) & inside
+    is_video = (flat[pad_at] == layout.video_id) & inside
+    keep = is_image | is_video
+    start, block_row, block_col, block_is_image = pad_at[keep], row[keep], col[keep], is_image[keep]
     grid, step = _block_grids(block_is_image, image_grid, video_grid, video_seconds, layout)
     llm_t, llm_h, llm_w = grid[:, 0], grid[:, 1] // layout.merge, grid[:, 2] // layout.merge
     size = llm_t * llm_h * llm_w
     block_end = block_col + size  # exclusive column
-    if bool((block_end > length).any()):
+    if np.any(block_end > end_valid[block_row]):
         raise InvalidOptionError("a vision block runs past the end of its row: the prompt has fewer pads than its grid")
 
     # 2. Text: index among the row's valid tokens, plus the running shift that each block adds
     #    after its last token: (its extent over the three axes) - (its token count).
     t_last = llm_t - 1 if step is None else _scaled_frame_index(llm_t - 1, step, layout.tokens_per_second)
-    extent = torch.stack([t_last, llm_h - 1, llm_w - 1]).amax(0) + 1
-    shift = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
-    shift.index_put_((block_row, block_end), extent - size, accumulate=True)
-    shift = shift.cumsum(1)
-    columns = torch.arange(length, device=device)
-    if valid is None:
-        text = columns + shift[:, :length]
-        n_valid = torch.full((batch, 1), length, dtype=torch.long, device=device)
-    else:  # one run of valid tokens per row: index = column - first valid column; padding gets 1
-        n_valid = valid.sum(1, keepdim=True)
-        first_valid = valid.to(torch.uint8).argmax(1, keepdim=True)
-        text = torch.where(valid, columns - first_valid + shift[:, :length], 1)
-    position_ids = text.unsqueeze(0).repeat(3, 1, 1)
+    extent = np.maximum(np.maximum(t_last, llm_h - 1), llm_w - 1) + 1
+    surplus = extent - size
+    shift = np.zeros((batch, length + 1), dtype=np.int64)
+    shift.reshape(-1)[block_row * (length + 1) + block_end] = surplus  # blocks never share an end
+    row_surplus = np.bincount(block_row, weights=surplus, minlength=batch).astype(np.int64)
+    # Written straight into the output: axis 0 first, copied to the others before the vision ids.
+    position_ids = np.empty((3, batch, length), dtype=np.int64)
+    text = position_ids[0]
+    np.cumsum(shift[:, :length], axis=1, out=text)
+    text += np.arange(length)
+    if span.valid is not None:  # one run of valid tokens per row: index = column - first valid column
+        text -= first[:, None]
+        np.copyto(text, 1, where=~span.valid)  # padding gets 1
+    position_ids[1] = text
+    position_ids[2] = text
 
     # 3. Vision tokens, built one grid row (w' tokens) at a time so no per-token division is needed.
-    if block_row.numel() > 0:
+    n_tokens = int(size.sum())
+    if n_tokens:
         start_pos = text[block_row, block_col]
         rows_per_block = llm_t * llm_h
-        row_block = torch.repeat_interleave(torch.arange(rows_per_block.numel(), device=device), rows_per_block)
-        row_in_block = torch.arange(row_block.numel(), device=device) - _first_index(rows_per_block)[row_block]
-        frame = row_in_block // llm_h[row_block]
-        row_y = row_in_block - frame * llm_h[row_block]
+        row_block = np.repeat(np.arange(size.shape[0]), rows_per_block)
+        row_in_block = np.arange(row_block.shape[0]) - np.repeat(np.cumsum(rows_per_block) - rows_per_block, rows_per_block)
+        height = llm_h[row_block]
+        frame = row_in_block // height
+        row_y = row_in_block - frame * height
         if step is not None:
             frame = _scaled_frame_index(frame, step[row_block], layout.tokens_per_second)
         row_w = llm_w[row_block]
         row_pos = start_pos[row_block]
-        row_first_token = (block_row * length + block_col)[row_block] + row_in_block * row_w
-        n_tokens = int(size.sum())
-        row_out = _first_index(row_w)  # where each grid row starts among the vision tokens
-        k = torch.arange(n_tokens, device=device)
+        row_out = np.cumsum(row_w) - row_w  # where each grid row starts among the vision tokens
+        k = np.arange(n_tokens)
+        token = k + np.repeat(start[row_block] + row_in_block * row_w - row_out, row_w)
+        pad_id = np.where(block_is_image, layout.image_id, layout.video_id)[row_block]
+        _check_pads(flat, span, token, np.repeat(pad_id, row_w), size, block_is_image, layout)
+        position_ids[0].reshape(-1)[token] = np.repeat(row_pos + frame, row_w)
+        position_ids[1].reshape(-1)[token] = np.repeat(row_pos + row_y, row_w)
+        position_ids[2].reshape(-1)[token] = k + np.repeat(row_pos - row_out, row_w)
+    else:
+        _check_pads(flat, span, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), size, block_is_image, layout)
 
-        def per_token(row_values: torch.Tensor) -> torch.Tensor:
-            return torch.repeat_interleave(row_values, row_w, output_size=n_tokens)
-
-        token = k + per_token(row_first_token - row_out)
-        _check_pads(ids, valid, token, per_token(block_is_image[row_block]), is_image, is_video, size, block_is_image, layout)
-        flat = position_ids.view(3, -1)
-        flat[0].index_copy_(0, token, per_token(row_pos + frame))
-        flat[1].index_copy_(0, token, per_token(row_pos + row_y))
-        flat[2].index_copy_(0, token, k + per_token(row_pos - row_out))
-
-    elif bool(is_image.any()) or bool(is_video.any()):
-        raise InvalidOptionError("image/video pad token found outside a <|vision_start|> block")
     # The next free id (max + 1) is what the text after the row would get.
-    deltas = n_valid + shift[:, length:] - length
-    return position_ids, deltas
+    deltas = (np.broadcast_to(span.count, (batch,)) + row_surplus - length).reshape(batch, 1)
+    return position_ids, deltas.astype(np.int64)
 
 
 def decode_position_ids(
@@ -209,10 +238,11 @@ def decode_position_ids(
 # --- helpers -------------------------------------------------------------------------
 
 
-def _scaled_frame_index(frame: torch.Tensor, seconds: torch.Tensor, tokens_per_second: int | float) -> torch.Tensor:
+def _scaled_frame_index(frame: np.ndarray, seconds: np.ndarray, tokens_per_second: int | float) -> np.ndarray:
     """trunc(frame * seconds * tokens_per_second), rounded at each step in ``seconds``' float
     dtype, exactly as transformers 4.51 evaluates ``arange * second_per_grid_t * tps``."""
-    return ((frame.to(seconds.dtype) * seconds) * tokens_per_second).long()
+    scaled = (frame.astype(seconds.dtype) * seconds) * seconds.dtype.type(tokens_per_second)
+    return np.trunc(scaled).astype(np.int64)
 
 
 def _text_only(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,27 +257,17 @@ def _text_only(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tens
     return pos.unsqueeze(0).expand(3, -1, -1).contiguous(), deltas
 
 
-def _first_index(counts: torch.Tensor) -> torch.Tensor:
-    """Start offset of each group when groups of ``counts`` items are laid end to end."""
-    return torch.cumsum(counts, 0) - counts
-
-
-def _rows_are_contiguous(valid: torch.Tensor) -> bool:
-    """True when every row's valid tokens form one run (left, right or no padding)."""
-    runs = (valid[:, 1:] & ~valid[:, :-1]).sum(1) + valid[:, 0]
-    return bool((runs <= 1).all())
-
-
 def _block_grids(
-    block_is_image: torch.Tensor,
-    image_grid: torch.Tensor,
-    video_grid: torch.Tensor,
-    video_seconds: torch.Tensor,
+    block_is_image: np.ndarray,
+    image_grid: np.ndarray,
+    video_grid: np.ndarray,
+    video_seconds: np.ndarray,
     layout: _Layout,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Each block's (t, h, w) grid and, for Qwen2.5-VL, its seconds per temporal patch
     (images: 0); blocks take the image/video grids in order."""
-    n_images, n_videos = int(block_is_image.sum()), int((~block_is_image).sum())
+    n_images = int(np.count_nonzero(block_is_image))
+    n_videos = block_is_image.shape[0] - n_images
     for kind, found, grid in (("image", n_images, image_grid), ("video", n_videos, video_grid)):
         if found != grid.shape[0]:
             pad = layout.image_id if kind == "image" else layout.video_id
@@ -256,35 +276,38 @@ def _block_grids(
                 f"token {pad}) but {kind}_grid_thw has {grid.shape[0]} row(s)"
                 + (" (Qwen3-VL counts one block per video frame)" if kind == "video" else "")
             )
-    if bool((image_grid[:, 1:] < layout.merge).any()) or bool((video_grid[:, 1:] < layout.merge).any()):
+    if np.any(image_grid[:, 1:] < layout.merge) or np.any(video_grid[:, 1:] < layout.merge):
         raise InvalidOptionError(f"grid heights and widths must be at least spatial_merge_size={layout.merge}")
-    grid = torch.empty(block_is_image.numel(), 3, dtype=torch.long, device=block_is_image.device)
+    grid = np.empty((block_is_image.shape[0], 3), dtype=np.int64)
     grid[block_is_image] = image_grid
     grid[~block_is_image] = video_grid
     if layout.model_type != "qwen2_5_vl":
         return grid, None
-    step = torch.zeros(block_is_image.numel(), dtype=video_seconds.dtype, device=block_is_image.device)
+    step = np.zeros(block_is_image.shape[0], dtype=video_seconds.dtype)
     step[~block_is_image] = video_seconds
     return grid, step
 
 
-def _check_pads(ids, valid, token, token_is_image, is_image, is_video, size, block_is_image, layout) -> None:
+def _check_pads(flat, span, token, expected, size, block_is_image, layout) -> None:
     """Every block must be exactly its grid's number of pads, and no pad may sit outside a block.
 
     ``token`` lists the flat index of every token the grids assign to a block; they must all be
-    valid pads of the block's kind, and together account for every valid pad of the prompt.
+    pads of the block's kind (they lie inside the valid run, checked before) and together
+    account for every valid pad of the prompt.
     """
-    got = ids.view(-1).index_select(0, token)
-    expected = torch.where(token_is_image, layout.image_id, layout.video_id)
-    ok = got == expected
-    if valid is not None:
-        ok &= valid.view(-1).index_select(0, token)
     n_image_tokens = int(size[block_is_image].sum())
-    if not bool(ok.all()) or n_image_tokens != int(is_image.sum()) or int(size.sum()) - n_image_tokens != int(is_video.sum()):
+    n_video_tokens = int(size.sum()) - n_image_tokens
+    image_pads, video_pads = flat == layout.image_id, flat == layout.video_id
+    if span.valid is not None:
+        valid = span.valid.reshape(-1)
+        image_pads &= valid
+        video_pads &= valid
+    n_image_pads, n_video_pads = int(np.count_nonzero(image_pads)), int(np.count_nonzero(video_pads))
+    if np.any(flat[token] != expected) or n_image_pads != n_image_tokens or n_video_pads != n_video_tokens:
         raise InvalidOptionError(
-            f"the pad tokens do not match the grids: the prompt has {int(is_image.sum())} image and "
-            f"{int(is_video.sum())} video pads, the grids need {n_image_tokens} and {int(size.sum()) - n_image_tokens}, "
-            f"each run right after its <|vision_start|>"
+            f"the pad tokens do not match the grids: the prompt has {n_image_pads} image and {n_video_pads} "
+            f"video pads, the grids need {n_image_tokens} and {n_video_tokens}, each run right after its "
+            f"<|vision_start|>"
         )
 
 
@@ -305,38 +328,42 @@ def _as_mask(attention_mask: Any, ids: torch.Tensor) -> torch.Tensor | None:
         raise InvalidOptionError(
             f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}"
         )
-    if mask.dtype != torch.bool and mask.numel() > 0 and not (0 <= int(mask.min()) and int(mask.max()) <= 1):
-        raise InvalidOptionError("attention_mask must contain only 0 and 1")
+    if mask.dtype != torch.bool and mask.numel() > 0:
+        low, high = torch.aminmax(mask)
+        if not (0 <= int(low) and int(high) <= 1):
+            raise InvalidOptionError("attention_mask must contain only 0 and 1")
     return mask
 
 
-def _as_grid(grid: Any, name: str, device: torch.device) -> torch.Tensor:
+def _as_grid(grid: Any, name: str) -> np.ndarray:
+    """An (N, 3) int64 numpy array of positive sizes (empty when None)."""
     if grid is None:
-        return torch.zeros(0, 3, dtype=torch.long, device=device)
-    g = torch.as_tensor(grid, device=device)
+        return np.zeros((0, 3), dtype=np.int64)
+    g = grid.detach().cpu() if isinstance(grid, torch.Tensor) else torch.as_tensor(grid)
     if g.numel() == 0:
-        return torch.zeros(0, 3, dtype=torch.long, device=device)
+        return np.zeros((0, 3), dtype=np.int64)
     if g.dim() != 2 or g.shape[1] != 3:
         raise InvalidOptionError(f"{name} must have shape (N, 3), got {tuple(g.shape)}")
     if g.dtype.is_floating_point or g.dtype == torch.bool:
         raise InvalidOptionError(f"{name} must hold integers, got dtype {g.dtype}")
     if bool((g <= 0).any()):
         raise InvalidOptionError(f"{name} must hold positive sizes, got {g.tolist()}")
-    return g.long()
+    return g.long().numpy()
 
 
-def _as_seconds(seconds: Any, n_videos: int, model_type: str, device: torch.device) -> torch.Tensor:
+def _as_seconds(seconds: Any, n_videos: int, model_type: str) -> np.ndarray:
     """Per-video seconds per temporal patch; float32 unless given as a float tensor (as transformers)."""
     if seconds is None or model_type != "qwen2_5_vl":
-        return torch.ones(n_videos, dtype=torch.float32, device=device)
+        return np.ones(n_videos, dtype=np.float32)
     if isinstance(seconds, torch.Tensor) and seconds.dtype.is_floating_point:
-        s = seconds.to(device)
+        s = seconds.detach().cpu().flatten()
+        s = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
     else:
-        s = torch.as_tensor(seconds, dtype=torch.float32, device=device)
-    s = s.flatten()
-    if s.numel() < n_videos:
-        raise InvalidOptionError(f"second_per_grid_ts has {s.numel()} value(s) for {n_videos} video(s)")
+        s = torch.as_tensor(seconds, dtype=torch.float32).flatten()
+    s = s.numpy()
+    if s.shape[0] < n_videos:
+        raise InvalidOptionError(f"second_per_grid_ts has {s.shape[0]} value(s) for {n_videos} video(s)")
     s = s[:n_videos]
-    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise InvalidOptionError(f"second_per_grid_ts must be finite and >= 0, got {s.tolist()}")
     return s
