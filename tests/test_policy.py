@@ -525,13 +525,6 @@ def test_video_download_capped_and_cleaned(tmp_path, monkeypatch):
 
 # ------------------------------------------------ playlists (HLS) pull in other files
 
-PLAYLIST_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY BUG [4] in .notes-hardening-bugs.txt: an HLS playlist (.m3u8, from a URL or an allowed "
-    "folder) makes FFmpeg open and decode media files anywhere on the server; remove once fixed",
-)
-
-
 def hls_playlist(segment: str) -> bytes:
     return (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\n{segment}\n"
             "#EXT-X-ENDLIST\n").encode()
@@ -547,7 +540,6 @@ def secret_segment(tmp_path):
     return str(target)
 
 
-@PLAYLIST_BUG
 @pytest.mark.skipif(not HOOKS, reason="library hooks not applied yet")
 @pytest.mark.parametrize("safe", [False, True], ids=["default", "safe-mode"])
 def test_url_playlist_cannot_decode_local_files(secret_segment, safe):
@@ -561,7 +553,6 @@ def test_url_playlist_cannot_decode_local_files(secret_segment, safe):
                 vlutils.process_vision_info(video_msg(url))
 
 
-@PLAYLIST_BUG
 @needs_video_hooks
 def test_playlist_in_allowed_root_cannot_escape_it(media_root, secret_segment):
     (media_root / "clip.m3u8").write_bytes(hls_playlist(secret_segment))
@@ -618,9 +609,7 @@ def test_image_formats_in_safe_mode():
 
 
 @pytest.mark.parametrize("safe", [
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="BUG [5] in .notes-hardening-bugs.txt: in safe mode requests still attaches "
-        "~/.netrc credentials to whatever host the message names; remove once fixed")),
+    True,
     False,
 ], ids=["safe-mode", "default"])
 def test_netrc_credentials_not_sent_in_safe_mode(tmp_path, monkeypatch, safe):

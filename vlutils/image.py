@@ -16,7 +16,14 @@ from PIL import Image
 
 from . import policy as _policy
 from .constants import IMAGE_MAX_TOKEN_NUM, IMAGE_MIN_TOKEN_NUM, SPATIAL_MERGE_SIZE
-from .errors import DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
+from .errors import (
+    DecodeError,
+    InvalidMessageError,
+    InvalidOptionError,
+    SizeLimitError,
+    UnsupportedSourceError,
+    VisionInputError,
+)
 from .resize import check_number, smart_resize
 from .sources import FetchSettings, read_limited, resolve_source
 
@@ -67,6 +74,7 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
         # to the caller's filters; under -W error they arrive here as exceptions and become
         # typed errors below.
         image = Image.open(io.BytesIO(data))
+        _policy.check_image_format(image.format, original)  # header parsed, pixels not yet decoded
         width, height = image.size
         if width * height > max_pixels:
             raise SizeLimitError(
@@ -82,7 +90,7 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
         raise SizeLimitError(f"decompression bomb: {exc}", original) from None
     except Image.UnidentifiedImageError:
         raise DecodeError("not a recognised image format", original) from None
-    except SizeLimitError:
+    except VisionInputError:  # ours, already typed (a ValueError: keep it out of the clause below)
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DecodeError(f"cannot decode image: {exc}", original) from None

@@ -153,7 +153,10 @@ def _download_once(url: str, dest: BinaryIO, settings: FetchSettings) -> int:
     for _ in range(settings.max_redirects + 1):
         _check_http_url(current, url, settings)
         try:
-            response = _session().get(current, stream=True, timeout=timeout, allow_redirects=False)
+            response = _session().get(
+                current, stream=True, timeout=timeout, allow_redirects=False,
+                auth=_NO_AUTH if _policy.current() is not None else None,
+            )
         except requests.exceptions.ConnectTimeout:
             raise _Retryable(FetchTimeoutError(f"connect timed out after {settings.connect_timeout}s", url))
         except requests.exceptions.ReadTimeout:
@@ -173,6 +176,12 @@ def _download_once(url: str, dest: BinaryIO, settings: FetchSettings) -> int:
                 raise FetchError(f"HTTP {response.status_code} {response.reason}", url)
             return _read_body(response, dest, settings, deadline, url)
     raise FetchError(f"more than {settings.max_redirects} redirects", url)
+
+
+def _NO_AUTH(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An explicit (empty) auth: stops requests from attaching ~/.netrc credentials, which
+    in safe mode would go to whatever host a stranger's message (or its redirect) names."""
+    return request
 
 
 def _check_http_url(current: str, original: str, settings: FetchSettings) -> None:

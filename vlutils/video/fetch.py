@@ -161,6 +161,7 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
 
     suffix = _suffix(value)
     with local_file(value, settings, suffix=suffix) as path:
+        refuse_playlist(path, value)
         result = decode_video(
             backend, path, value, plan_and_remember, size,
             timeout=timeout, out_dtype=output_dtype, fast_resize=fast_resize and backend.supports_fast_resize,
@@ -207,6 +208,22 @@ def _fetch_frame_list(ele, frames, image_patch_size, output_dtype):
         source_height=int(height), source_width=int(width), decoder="frames", seconds=time.monotonic() - started,
     )
     return out, metadata, sample_fps
+
+
+# Text formats that make FFmpeg open *other* files or URLs named inside them (HLS, DASH,
+# concat, SDP/RTSP descriptions). A stranger's URL or an allowed folder must not be able to
+# point the decoder at arbitrary local files (or at addresses safe mode refuses).
+_PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"v=0")
+
+
+def refuse_playlist(path: str, value: Any) -> None:
+    """Refuse playlist/manifest files whatever their name; every backend is affected."""
+    with open(path, "rb") as handle:
+        head = handle.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(_PLAYLIST_MAGIC) or b"<MPD" in head:
+        raise UnsupportedSourceError(
+            "playlists and manifests (HLS, DASH, concat, SDP) are not accepted: they make the decoder "
+            "open other files or URLs", _label(value))
 
 
 def _suffix(value: Any) -> str:
