@@ -218,3 +218,53 @@ def test_text_only_batch_is_left_padded():
     assert mask[0, 0] == 0 and mask[1].all() and mask[0, -1] == 1
     assert out["pixel_values"] is None and out["video_grid_thw"] is None
     assert out["position_ids"][:, 0, -1].tolist() == [int(mask[0].sum()) - 1] * 3
+
+
+def test_qwen3_build_inputs_matches_transformers_457_processor():
+    """Qwen3-VL prompts (timestamped per-patch video blocks) equal 4.57's Qwen3VLProcessor's;
+    image pixels bit for bit; video pixels to float32 rounding (4.57 only has a torch video path)."""
+    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    tok = Qwen2TokenizerFast(tokenizer_object=tiny_qwen_tokenizer(), padding_side="left")
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, min_pixels=32 * 32, max_pixels=32 * 32 * 10_000
+    )
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=Qwen3VLVideoProcessor())
+    rng, nrng = random.Random(5), np.random.default_rng(5)
+    seen_videos = 0
+    for _ in range(4):
+        convs, images, videos = [], [], []
+        for _ in range(rng.randint(1, 2)):
+            n_img, n_vid = rng.randint(0, 2), rng.randint(0, 2)
+            conv = _conversation(rng, n_img, n_vid)
+            n_img = sum(1 for item in conv[-1]["content"] if "image" in item or "image_url" in item)
+            convs.append(conv)
+            images += [
+                Image.fromarray(nrng.integers(0, 256, size=(32 * rng.randint(1, 4), 32 * rng.randint(1, 4), 3), dtype=np.uint8))
+                for _ in range(n_img)
+            ]
+            for _ in range(n_vid):
+                n = rng.randint(1, 7)
+                frames = torch.from_numpy(nrng.integers(0, 256, size=(n, 3, 32 * rng.randint(1, 3), 64), dtype=np.uint8))
+                fps = rng.choice([24.0, 29.97, 30.0])
+                indices = sorted(rng.sample(range(300), n))
+                videos.append((frames, {"fps": fps, "frames_indices": indices, "total_num_frames": 300}))
+        texts = [format_chat(c, model_type="qwen3_vl") for c in convs]
+        expected = processor(
+            text=texts, images=images or None, videos=[v for v, _ in videos] or None,
+            video_metadata=[m for _, m in videos] or None, do_sample_frames=False, do_resize=False,
+            return_tensors="pt", padding=True,
+        )
+        ours = build_inputs(convs, tiny_qwen_tokenizer(), "qwen3_vl", images=images, videos=videos)
+        assert torch.equal(ours["input_ids"], expected["input_ids"])
+        assert torch.equal(ours["attention_mask"], expected["attention_mask"])
+        if images:
+            assert torch.equal(ours["image_grid_thw"], expected["image_grid_thw"])
+            assert torch.equal(ours["pixel_values"], expected["pixel_values"])
+        if videos:
+            seen_videos += 1
+            assert torch.equal(ours["video_grid_thw"], expected["video_grid_thw"])
+            torch.testing.assert_close(ours["pixel_values_videos"], expected["pixel_values_videos"], rtol=0, atol=1e-6)
+    assert seen_videos >= 2
