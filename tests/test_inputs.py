@@ -268,3 +268,24 @@ def test_qwen3_build_inputs_matches_transformers_457_processor():
             assert torch.equal(ours["video_grid_thw"], expected["video_grid_thw"])
             torch.testing.assert_close(ours["pixel_values_videos"], expected["pixel_values_videos"], rtol=0, atol=1e-6)
     assert seen_videos >= 2
+
+
+def test_build_inputs_fetches_media_itself(tmp_path):
+    """Without images/videos, build_inputs fetches through vlutils.process_vision_info; the
+    result equals passing qwen-vl-utils' own fetched images."""
+    from qwen_vl_utils import process_vision_info as reference_fetch
+
+    nrng = np.random.default_rng(6)
+    paths = []
+    for i, (h, w) in enumerate([(100, 150), (300, 90)]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(nrng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    conv = [{"role": "user", "content": [{"type": "image", "image": paths[0]}, {"type": "text", "text": "and"},
+                                         {"type": "image", "image": "file://" + paths[1]}]}]
+    tok = tiny_qwen_tokenizer()
+    ours = build_inputs(conv, tok, "qwen2_5_vl")
+    images, _ = reference_fetch(conv)
+    expected = build_inputs(conv, tok, "qwen2_5_vl", images=images)
+    for key in ("input_ids", "pixel_values", "image_grid_thw", "position_ids", "rope_deltas"):
+        assert torch.equal(ours[key], expected[key]), key
