@@ -336,9 +336,7 @@ def huge_request_outcomes():
 @pytest.mark.parametrize("case", [
     "image_1e12",
     "image_1e20",
-    pytest.param("video_1e12", marks=[needs_video, pytest.mark.xfail(
-        strict=True, reason="BUG [3] in .notes-hardening-bugs.txt (video part): a huge requested output size is "
-        "allocated (torch RuntimeError here; moderate sizes really allocate and get the worker OOM-killed)")]),
+    pytest.param("video_1e12", marks=[needs_video]),
 ])
 def test_huge_requested_output_size_is_refused(case, huge_request_outcomes):
     """min_pixels/max_pixels from a message decide the output size: absurd values must

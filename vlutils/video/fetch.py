@@ -20,7 +20,8 @@ from .backends.base import Probe
 from .frames import load_frame_list
 from .metadata import VideoMetadata
 from .pipeline import Plan, decode_video
-from .resize import resize_exact, video_target_size
+from ..image import MAX_IMAGE_PIXELS
+from .resize import check_output_size, resize_exact, video_target_size
 from .sampling import calculate_video_frame_range, sample_indices, smart_nframes
 
 logger = logging.getLogger(__name__)
@@ -148,11 +149,14 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
         return Plan(indices=indices, count=count, fps=probe.fps, vfr=vfr)
 
     nframes_box: list[int] = []
+    frame_limit = int(_policy.limit("max_pixels", MAX_IMAGE_PIXELS))  # read here: decode runs in another thread
 
     def size(height: int, width: int) -> tuple[int, int]:
         if not resize:
             return height, width
-        return video_target_size(ele, nframes_box[0], height, width, image_patch_size)
+        target = video_target_size(ele, nframes_box[0], height, width, image_patch_size)
+        check_output_size(nframes_box[0], *target, source=_label(value), frame_limit=frame_limit)
+        return target
 
     def plan_and_remember(probe: Probe) -> Plan:
         result = plan(probe)
@@ -199,6 +203,7 @@ def _fetch_frame_list(ele, frames, image_patch_size, output_dtype):
     video, raw_metadata, sample_fps = load_frame_list(ele, frames, image_patch_size)
     nframes, _, height, width = video.shape
     resized_height, resized_width = video_target_size(ele, nframes, height, width, image_patch_size)
+    check_output_size(nframes, resized_height, resized_width, source="<list of frames>")
     out = resize_exact(video, resized_height, resized_width)
     if output_dtype != torch.float32:
         out = out.to(output_dtype)

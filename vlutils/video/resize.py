@@ -11,12 +11,16 @@ full-resolution clip.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..constants import FRAME_FACTOR, MODEL_SEQ_LEN, SPATIAL_MERGE_SIZE, VIDEO_MAX_TOKEN_NUM, VIDEO_MIN_TOKEN_NUM
+from .. import policy as _policy
+from ..errors import SizeLimitError
+from ..image import MAX_IMAGE_PIXELS
 from ..resize import check_number, smart_resize
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,26 @@ def video_target_size(
     if wanted > max_pixels:
         logger.warning("The given max_pixels[%s] exceeds limit[%s].", wanted, max_pixels)
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=min(wanted, max_pixels))
+
+
+def check_output_size(nframes: int, height: int, width: int, source: Any = None, frame_limit: int | None = None) -> None:
+    """Refuse outputs no sane request needs (min_pixels=1e12, or 1e8 over 24 frames = 29 GB):
+    one bad sample must cost a clear error, not an out-of-memory kill of the worker.
+
+    Per frame: the image pixel cap (lowered by safe mode). In all: ``VLUTILS_MAX_VIDEO_BYTES``
+    of float32 output (default 16 GiB, above anything the default options produce). Pass
+    ``frame_limit`` when calling from a thread that does not carry the caller's policy."""
+    if frame_limit is None:
+        frame_limit = int(_policy.limit("max_pixels", MAX_IMAGE_PIXELS))
+    if height * width > frame_limit:
+        raise SizeLimitError(f"requested frame size {width}x{height} is over the {frame_limit}-pixel limit", source)
+    total = nframes * 3 * height * width * 4
+    total_limit = int(float(os.environ.get("VLUTILS_MAX_VIDEO_BYTES", 16 * 2**30)))
+    if total > total_limit:
+        raise SizeLimitError(
+            f"output of {nframes} frames at {width}x{height} needs {total / 2**30:.1f} GiB, over the "
+            f"{total_limit / 2**30:.1f} GiB limit (VLUTILS_MAX_VIDEO_BYTES)", source
+        )
 
 
 def resize_exact(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
