@@ -234,6 +234,7 @@ def main() -> None:
         rows.append(
             f"| {case} | {describe_case(case, paths)} | {ref['median'] * 1000:.0f} ({ref['cpu_median'] * 1000:.0f}) "
             f"| {ours['median'] * 1000:.0f} ({ours['cpu_median'] * 1000:.0f}) | {ref['median'] / ours['median']:.2f}x "
+            f"| {ref['cpu_median'] / ours['cpu_median']:.2f}x | {ours['cpu_median'] / ours['median']:.2f} "
             f"| {rss('qwen-vl-utils')} | {rss('vlutils')} | {'yes' if same else '**NO**'} |"
         )
     with open("/proc/loadavg") as handle:
@@ -243,12 +244,13 @@ def main() -> None:
         f"vlutils {version('vlutils')}, qwen-vl-utils {version('qwen-vl-utils')}. "
         f"Median wall (CPU) ms of {args.reps} interleaved calls after 1 warm-up; "
         "peak RSS = process high-water mark incl. imports, work = peak minus RSS before the call, "
-        "each library in its own process."
+        "each library in its own process. 'cores used' = vlutils CPU / wall time: about 2 on an idle "
+        "2-core machine, lower when other processes compete for the cores."
     )
     print()
-    print("| case | input | qwen-vl-utils ms | vlutils ms | speed-up | qwen peak / work RSS MiB "
-          "| vlutils peak / work RSS MiB | identical output |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("| case | input | qwen-vl-utils ms (CPU) | vlutils ms (CPU) | speed-up | CPU ratio | vlutils cores used "
+          "| qwen peak / work RSS MiB | vlutils peak / work RSS MiB | identical output |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         print(row)
     if args.workers_sweep:
