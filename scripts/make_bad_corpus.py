@@ -174,6 +174,12 @@ def make_videos(out: Path) -> None:
                *encoders["mp4"], "-bitexact", "-map_metadata", "-1", str(one))
         shutil.copy(one, out / "vid_one_frame.mp4")
         shutil.copy(tmp / "ok.mp4", out / "ok_video.mp4")  # control: options and resource cases use it
+        # 25 KB that cost ~20 s of CPU with fps=30 (300 1080p frames decoded and resized):
+        # the decode-timeout tests stop it part-way
+        ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=1920x1080:rate=30:duration=10", "-vf",
+               "drawbox=x='mod(t*300,1800)':y=100:w=80:h=80:color=red:t=fill", "-c:v", "libx264", "-preset",
+               "veryslow", "-crf", "40", "-g", "300", "-pix_fmt", "yuv420p", "-bitexact", "-map_metadata", "-1",
+               str(out / "slow_1080p.mp4"))
         # a plain MPEG-TS segment: the playlist tests point HLS playlists at it
         ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=8:duration=1", "-pix_fmt", "yuv420p",
                *encoders["mp4"], "-bitexact", "-map_metadata", "-1", "-f", "mpegts", str(out / "vid_segment.ts"))

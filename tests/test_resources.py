@@ -232,6 +232,35 @@ def test_no_descriptor_leaks(media, server, fast_http):
     assert len(leaked) <= 1, f"descriptors leaked over 10 rounds: {leaked}"
 
 
+# --------------------------------------------------------------- decode timeouts
+
+
+@needs_video
+@pytest.mark.parametrize("backend", ["pyav", "decord", "torchcodec", "torchvision"])
+def test_decode_timeout_leaves_nothing_running(backend):
+    """fixtures/bad/slow_1080p.mp4 is 25 KB but costs ~20 s with fps=30. Stopped at
+    0.5 s, it must raise DecodeTimeoutError promptly and leave no decode thread, no
+    child process and no busy CPU behind (decord runs in a killable child)."""
+    from vlutils.errors import DecodeTimeoutError
+
+    pytest.importorskip(backend if backend != "pyav" else "av")
+    fetch_video({"video": str(OK_VIDEO)}, backend=backend)  # warm-up: first use imports the backend
+    proc = psutil.Process()
+    start = time.monotonic()
+    with pytest.raises(DecodeTimeoutError, match="longer than 0.5s"):
+        fetch_video({"video": str(BAD / "slow_1080p.mp4"), "fps": 30}, backend=backend, timeout=0.5)
+    assert time.monotonic() - start < 0.5 + 2.5
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        busy = [t.name for t in threading.enumerate() if t.name.startswith("vlutils-video")]
+        children = proc.children(recursive=True)
+        if not busy and not children:
+            break
+        time.sleep(0.05)
+    assert not busy and not children, (busy, children)
+    assert proc.cpu_percent(interval=0.5) < 50, "something is still decoding"
+
+
 # ------------------------------------------------------------------ concurrency
 
 
@@ -334,6 +363,8 @@ except ImportError:
 from vlutils.errors import VisionInputError
 bad = os.path.join(sys.argv[1], "fixtures", "bad")
 for name in sorted(os.listdir(bad)):
+    if name.startswith("slow_"):
+        continue
     kind = "video" if name.startswith(("vid_", "ok_video")) else "image"
     try:
         vlutils.process_vision_info([{"role": "user", "content": [{kind: os.path.join(bad, name)}]}])
