@@ -120,3 +120,20 @@ def test_sample_next_filters():
     picks = sample_next(logits, temperature=1.0, top_p=float(probs[1]) + 1e-3, generator=g)
     assert set(picks.tolist()) == {1, 2}
     assert sample_next(logits[:1], temperature=0.0).item() == 1
+
+
+def test_chunked_prefill_through_the_cache_equals_one_pass(pair):
+    """A prompt fed in two chunks (the second attends to the cached first) gives the same logits."""
+    _, ours = pair
+    pv, grid = images([(112, 112)], seed=12)
+    ids = prompt([5, ("image", _grid(grid[0])), 7], seed=12)
+    pos = torch.arange(ids.shape[1]).expand(3, 1, -1)
+    with torch.no_grad():
+        full = ours(ids, pixel_values=pv, image_grid_thw=grid, position_ids=pos).logits
+        cache = ours.new_cache(1, ids.shape[1])
+        k = ids.shape[1] - 4
+        first = ours(ids[:, :k], pixel_values=pv, image_grid_thw=grid, position_ids=pos[:, :, :k], cache=cache).logits
+        second = ours(ids[:, k:], position_ids=pos[:, :, k:], cache=cache).logits
+    assert torch.allclose(torch.cat([first, second], dim=1), full, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="rope_deltas"):
+        ours(ids[:, :1], cache=cache)

@@ -138,8 +138,12 @@ class Qwen2VL(nn.Module):
         ``labels`` equal to -100 are ignored; labels are shifted inside, as in transformers.
         """
         past = cache.length if cache is not None else 0
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep")
+        if position_ids is None and past and rope_deltas is None:
+            raise ValueError("after a cached prefix, pass the prefill's rope_deltas (or explicit position_ids)")
         if position_ids is None:
-            if past and rope_deltas is not None:
+            if past:
                 steps = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
                 position_ids = (steps[None, :] + rope_deltas.to(input_ids.device)).unsqueeze(0).expand(3, -1, -1)
             else:

@@ -69,11 +69,11 @@ class VisionAttention(nn.Module):
         # Rotary in float32 (as the reference does), then back to the activation dtype.
         q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
         k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
-        q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, N, head_dim)
+        q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))  # (1, heads, N, head_dim)
         # Attention within each segment (an image, a video frame, or a window).
         spans = zip(cu_seqlens[:-1], cu_seqlens[1:])
-        out = torch.cat([F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in spans], dim=1)
-        return self.proj(out.transpose(0, 1).reshape(n, -1))
+        out = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b]) for a, b in spans]
+        return self.proj(torch.cat(out, dim=2)[0].transpose(0, 1).reshape(n, -1))
 
 
 class VisionBlock(nn.Module):
