@@ -648,3 +648,24 @@ def test_video_source_frames_over_pixel_cap_are_refused(media_root):
     with policy.use(p.replace(max_pixels=4_000_000)):  # under the cap: fine
         _, videos = vlutils.process_vision_info(video_msg(str(clip), nframes=2, max_pixels=200_000))
         assert videos[0].shape[0] == 2
+
+
+VIDEO_BYTES_HOOK = "max_video_bytes" in open(os.path.join(os.path.dirname(vlutils.__file__), "video", "resize.py")).read()
+
+
+@pytest.mark.skipif(not VIDEO_BYTES_HOOK, reason="hook from .notes-policy-hooks-3.diff not applied yet")
+@needs_video_hooks
+def test_video_output_bytes_capped_in_safe_mode(media_root):
+    """In safe mode a message asking for min_pixels=60e6 over 20 frames must not get
+    14 GB allocated: max_video_bytes bounds the float32 output of one video."""
+    clip = media_root / "clip.mp4"
+    clip.write_bytes(open(os.path.join(BAD, "ok_video.mp4"), "rb").read())
+    p = SafetyPolicy(allowed_roots=[str(media_root)])
+    with policy.use(p):  # 6 x 3 x 280 x 392 x 4 bytes = 7.9 MB: fine under 4 GiB
+        _, videos = vlutils.process_vision_info(video_msg(str(clip)))
+    with policy.use(p.replace(max_video_bytes=4_000_000)):
+        with pytest.raises(SizeLimitError, match="GiB"):
+            vlutils.process_vision_info(video_msg(str(clip)))
+    with policy.use(p):
+        with pytest.raises(SizeLimitError):
+            vlutils.process_vision_info(video_msg(str(clip), nframes=20, min_pixels=60e6, max_pixels=60e6))

@@ -18,7 +18,7 @@ also reach DataLoader workers started with ``spawn``)::
     VLUTILS_ALLOWED_ROOTS=/data:/srv/media     # local files allowed under these folders only
     VLUTILS_ALLOWED_SCHEMES=https,data         # any of http, https, file, data, base64
     VLUTILS_ALLOWED_NETWORKS=10.1.2.0/24       # private networks that may still be fetched
-    VLUTILS_SAFE_MAX_BYTES / _MAX_PIXELS / _MAX_FRAMES / _DECODE_TIMEOUT   # caps
+    VLUTILS_SAFE_MAX_BYTES / _MAX_PIXELS / _MAX_FRAMES / _DECODE_TIMEOUT / _MAX_VIDEO_BYTES  # caps
     VLUTILS_SAFE_IMAGE_FORMATS=JPEG,PNG,WEBP   # Pillow formats decoded ("*": all)
 
 Setting any ``VLUTILS_ALLOWED_*`` variable also turns safe mode on (fail closed: an
@@ -48,8 +48,11 @@ naming the input and the reason):
   by default) are decoded; Pillow's rarer decoders are a larger attack surface and EPS
   runs Ghostscript on the input.
 * **caps**: ``max_bytes`` (download or file size), ``max_pixels`` (decoded image size,
-  before resizing), ``max_frames`` (frames decoded per video) and ``decode_timeout``
-  (seconds per video decode). Each lowers, never raises, the limit otherwise in force.
+  before resizing), ``max_frames`` (frames decoded per video), ``decode_timeout``
+  (seconds per video decode) and ``max_video_bytes`` (float32 output of one video: 4 GiB
+  by default, above the ~2.2 GB the default options can produce, far below what a
+  message asking for min_pixels=60e6 over 20 frames would allocate). Each lowers, never
+  raises, the limit otherwise in force.
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class SafetyPolicy:
     max_pixels: int | None = 64 * 1024 * 1024
     max_frames: int | None = 1024
     decode_timeout: float | None = 60.0
+    max_video_bytes: int | None = 4 * 1024**3
     image_formats: frozenset[str] | None = DEFAULT_SAFE_IMAGE_FORMATS
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
@@ -164,7 +168,7 @@ class SafetyPolicy:
         object.__setattr__(self, "allowed_roots", tuple(real_roots))
         object.__setattr__(self, "allowed_networks", _networks(self.allowed_networks, "allowed_networks"))
         object.__setattr__(self, "denied_networks", _networks(self.denied_networks, "denied_networks"))
-        for name in ("max_bytes", "max_pixels", "max_frames", "decode_timeout"):
+        for name in ("max_bytes", "max_pixels", "max_frames", "decode_timeout", "max_video_bytes"):
             _positive_or_none(name, getattr(self, name))
 
     def replace(self, **changes: Any) -> "SafetyPolicy":
@@ -266,7 +270,8 @@ class SafetyPolicy:
                 raise UnsafeSourceError(f"safe mode: {where} {why}", url)
 
     def limit(self, name: str, value: float | None) -> float | None:
-        """The stricter of ``value`` and this policy's cap ``name`` (``None`` = no cap)."""
+        """The stricter of ``value`` and this policy's cap ``name`` (``None`` = no cap):
+        max_bytes, max_pixels, max_frames, decode_timeout or max_video_bytes."""
         cap = getattr(self, name)
         if cap is None:
             return value
@@ -323,6 +328,7 @@ ENV_VARS = (
     "VLUTILS_SAFE_MAX_FRAMES",
     "VLUTILS_SAFE_DECODE_TIMEOUT",
     "VLUTILS_SAFE_IMAGE_FORMATS",
+    "VLUTILS_SAFE_MAX_VIDEO_BYTES",
 )
 
 
@@ -405,6 +411,7 @@ def _parse_env(env: dict[str, str | None]) -> SafetyPolicy | None:
         ("VLUTILS_SAFE_MAX_PIXELS", "max_pixels", int),
         ("VLUTILS_SAFE_MAX_FRAMES", "max_frames", int),
         ("VLUTILS_SAFE_DECODE_TIMEOUT", "decode_timeout", float),
+        ("VLUTILS_SAFE_MAX_VIDEO_BYTES", "max_video_bytes", int),
     ):
         text = env[var]
         if text:
