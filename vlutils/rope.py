@@ -85,8 +85,8 @@ def get_rope_index(
     # The index arithmetic runs in numpy on the CPU: dozens of small vectorized steps, where
     # numpy's per-call cost is a fraction of torch's. The results go back to ids' device.
     ids_np = ids.detach().cpu().numpy()
-    valid = None if mask is None else mask.detach().cpu().numpy().astype(bool, copy=False)
-    span = _Span.of(valid, ids_np.shape[1])
+    valid = None if mask is None else _valid_tokens(mask.detach().cpu().numpy())
+    span = _Span.of(valid, *ids_np.shape)
     if span.contiguous:
         position_ids, deltas = _vision_positions(ids_np, span, image_grid, video_grid, video_seconds, layout)
     else:
@@ -95,7 +95,7 @@ def get_rope_index(
         order = np.argsort(valid.astype(np.int8), axis=1, kind="stable")
         packed_valid = np.take_along_axis(valid, order, axis=1)
         packed, deltas = _vision_positions(
-            np.take_along_axis(ids_np, order, axis=1), _Span.of(packed_valid, ids_np.shape[1]),
+            np.take_along_axis(ids_np, order, axis=1), _Span.of(packed_valid, *ids_np.shape),
             image_grid, video_grid, video_seconds, layout,
         )
         position_ids = np.empty_like(packed)
@@ -119,10 +119,9 @@ class _Span:
         self.valid, self.count, self.first, self.contiguous = valid, count, first, contiguous
 
     @classmethod
-    def of(cls, valid: np.ndarray | None, length: int) -> "_Span":
+    def of(cls, valid: np.ndarray | None, batch: int, length: int) -> "_Span":
         if valid is None or valid.all():
-            rows = 1 if valid is None else valid.shape[0]
-            return cls(None, np.full(rows, length), np.zeros(rows, dtype=np.int64), True)
+            return cls(None, np.full(batch, length), np.zeros(batch, dtype=np.int64), True)
         count = valid.sum(1)
         first = valid.argmax(1)  # the first True (0 for an empty row, whose count is 0)
         last = length - 1 - valid[:, ::-1].argmax(1)
@@ -141,8 +140,8 @@ def _vision_positions(
     """The vision path for rows whose valid tokens are contiguous."""
     batch, length = ids.shape
     flat = ids.reshape(-1)
-    first = np.broadcast_to(span.first, (batch,))
-    end_valid = first + np.broadcast_to(span.count, (batch,))
+    first = span.first
+    end_valid = first + span.count
 
     # 1. Blocks: a valid image/video pad right after a valid <|vision_start|>, in row-major
     #    order (the order in which transformers consumes the grids, one counter across the batch).
@@ -167,14 +166,17 @@ def _vision_positions(
     t_last = llm_t - 1 if step is None else _scaled_frame_index(llm_t - 1, step, layout.tokens_per_second)
     extent = np.maximum(np.maximum(t_last, llm_h - 1), llm_w - 1) + 1
     surplus = extent - size
-    shift = np.zeros((batch, length + 1), dtype=np.int64)
-    shift.reshape(-1)[block_row * (length + 1) + block_end] = surplus  # blocks never share an end
     row_surplus = np.bincount(block_row, weights=surplus, minlength=batch).astype(np.int64)
-    # Written straight into the output: axis 0 first, copied to the others before the vision ids.
+    # Written straight into the output, as a running sum of steps: each token is one more than
+    # the previous one, plus the surplus of a block that just ended (blocks never share an end).
+    # Axis 0 first; it is copied to the other two axes before the vision ids are written.
     position_ids = np.empty((3, batch, length), dtype=np.int64)
     text = position_ids[0]
-    np.cumsum(shift[:, :length], axis=1, out=text)
-    text += np.arange(length)
+    text.fill(1)
+    text[:, 0] = 0
+    inside = block_end < length  # a block that ends its row shifts nothing in it
+    text[block_row[inside], block_end[inside]] += surplus[inside]
+    np.cumsum(text, axis=1, out=text)
     if span.valid is not None:  # one run of valid tokens per row: index = column - first valid column
         text -= first[:, None]
         np.copyto(text, 1, where=~span.valid)  # padding gets 1
@@ -198,16 +200,18 @@ def _vision_positions(
         row_out = np.cumsum(row_w) - row_w  # where each grid row starts among the vision tokens
         k = np.arange(n_tokens)
         token = k + np.repeat(start[row_block] + row_in_block * row_w - row_out, row_w)
-        pad_id = np.where(block_is_image, layout.image_id, layout.video_id)[row_block]
-        _check_pads(flat, span, token, np.repeat(pad_id, row_w), size, block_is_image, layout)
-        position_ids[0].reshape(-1)[token] = np.repeat(row_pos + frame, row_w)
-        position_ids[1].reshape(-1)[token] = np.repeat(row_pos + row_y, row_w)
-        position_ids[2].reshape(-1)[token] = k + np.repeat(row_pos - row_out, row_w)
+        kind = np.where(block_is_image, _IMAGE, _VIDEO).astype(np.int8)[row_block]
+        pads = _pad_map(flat, span, token, np.repeat(kind, row_w), layout)
+        # The check proved that the pads are exactly these tokens, and both are in row-major
+        # order, so a boolean mask writes them (a little faster than the index list).
+        position_ids[0].reshape(-1)[pads] = np.repeat(row_pos + frame, row_w)
+        position_ids[1].reshape(-1)[pads] = np.repeat(row_pos + row_y, row_w)
+        position_ids[2].reshape(-1)[pads] = k + np.repeat(row_pos - row_out, row_w)
     else:
-        _check_pads(flat, span, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), size, block_is_image, layout)
+        _pad_map(flat, span, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8), layout)
 
     # The next free id (max + 1) is what the text after the row would get.
-    deltas = (np.broadcast_to(span.count, (batch,)) + row_surplus - length).reshape(batch, 1)
+    deltas = (span.count + row_surplus - length).reshape(batch, 1)
     return position_ids, deltas.astype(np.int64)
 
 
@@ -251,6 +255,7 @@ def _text_only(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tens
     if mask is None:
         pos = torch.arange(length, device=ids.device).expand(3, batch, length).contiguous()
         return pos, torch.zeros(batch, 1, dtype=torch.long, device=ids.device)
+    _valid_tokens(mask.detach().cpu().numpy())
     pos = mask.long().cumsum(-1) - 1
     pos.masked_fill_(mask == 0, 1)
     deltas = pos.amax(-1, keepdim=True) + 1 - length
@@ -288,27 +293,31 @@ def _block_grids(
     return grid, step
 
 
-def _check_pads(flat, span, token, expected, size, block_is_image, layout) -> None:
-    """Every block must be exactly its grid's number of pads, and no pad may sit outside a block.
+_IMAGE, _VIDEO = 1, 2
 
-    ``token`` lists the flat index of every token the grids assign to a block; they must all be
-    pads of the block's kind (they lie inside the valid run, checked before) and together
-    account for every valid pad of the prompt.
+
+def _pad_map(flat: np.ndarray, span: _Span, token: np.ndarray, expected: np.ndarray, layout: _Layout) -> np.ndarray:
+    """Where the valid pads are (bool, flat), after checking they match the grids exactly.
+
+    ``token`` lists the flat index of every token the grids assign to a block and ``expected``
+    its kind (1 image, 2 video). All of them must be pads of that kind; since a block that ran
+    over another would cover its <|vision_start|>, they are then distinct, and if the prompt
+    has no other valid pad, the blocks account for every pad.
     """
-    n_image_tokens = int(size[block_is_image].sum())
-    n_video_tokens = int(size.sum()) - n_image_tokens
-    image_pads, video_pads = flat == layout.image_id, flat == layout.video_id
+    kinds = (flat == layout.image_id).view(np.int8) + 2 * (flat == layout.video_id).view(np.int8)
     if span.valid is not None:
-        valid = span.valid.reshape(-1)
-        image_pads &= valid
-        video_pads &= valid
-    n_image_pads, n_video_pads = int(np.count_nonzero(image_pads)), int(np.count_nonzero(video_pads))
-    if np.any(flat[token] != expected) or n_image_pads != n_image_tokens or n_video_pads != n_video_tokens:
+        kinds *= span.valid.reshape(-1)
+    pads = kinds != 0
+    n_pads = int(np.count_nonzero(pads))
+    if n_pads != token.shape[0] or np.any(kinds.take(token) != expected):
+        n_image = int(np.count_nonzero(kinds == _IMAGE))
+        need_image = int(np.count_nonzero(expected == _IMAGE))
         raise InvalidOptionError(
-            f"the pad tokens do not match the grids: the prompt has {n_image_pads} image and {n_video_pads} "
-            f"video pads, the grids need {n_image_tokens} and {n_video_tokens}, each run right after its "
-            f"<|vision_start|>"
+            f"the pad tokens do not match the grids: the prompt has {n_image} image and {n_pads - n_image} "
+            f"video pads, the grids need {need_image} and {token.shape[0] - need_image}, each run right after "
+            f"its <|vision_start|>"
         )
+    return pads
 
 
 def _as_ids(input_ids: Any) -> torch.Tensor:
@@ -328,27 +337,31 @@ def _as_mask(attention_mask: Any, ids: torch.Tensor) -> torch.Tensor | None:
         raise InvalidOptionError(
             f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}"
         )
-    if mask.dtype != torch.bool and mask.numel() > 0:
-        low, high = torch.aminmax(mask)
-        if not (0 <= int(low) and int(high) <= 1):
-            raise InvalidOptionError("attention_mask must contain only 0 and 1")
     return mask
+
+
+def _valid_tokens(mask: np.ndarray) -> np.ndarray:
+    """The attention mask as booleans; only 0 and 1 are accepted (transformers tests ``== 1``)."""
+    valid = mask.astype(bool, copy=False)
+    if mask.dtype != np.bool_ and np.any(mask != valid):
+        raise InvalidOptionError("attention_mask must contain only 0 and 1")
+    return valid
 
 
 def _as_grid(grid: Any, name: str) -> np.ndarray:
     """An (N, 3) int64 numpy array of positive sizes (empty when None)."""
     if grid is None:
         return np.zeros((0, 3), dtype=np.int64)
-    g = grid.detach().cpu() if isinstance(grid, torch.Tensor) else torch.as_tensor(grid)
-    if g.numel() == 0:
+    g = grid.detach().cpu().numpy() if isinstance(grid, torch.Tensor) else np.asarray(grid)
+    if g.size == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    if g.dim() != 2 or g.shape[1] != 3:
+    if g.ndim != 2 or g.shape[1] != 3:
         raise InvalidOptionError(f"{name} must have shape (N, 3), got {tuple(g.shape)}")
-    if g.dtype.is_floating_point or g.dtype == torch.bool:
+    if not np.issubdtype(g.dtype, np.integer):
         raise InvalidOptionError(f"{name} must hold integers, got dtype {g.dtype}")
-    if bool((g <= 0).any()):
+    if np.any(g <= 0):
         raise InvalidOptionError(f"{name} must hold positive sizes, got {g.tolist()}")
-    return g.long().numpy()
+    return g.astype(np.int64)
 
 
 def _as_seconds(seconds: Any, n_videos: int, model_type: str) -> np.ndarray:
