@@ -101,7 +101,9 @@ def child(args) -> None:
     dtype, device = DTYPES[args.dtype], args.device
     ids, pv, grid = torch.load(args.inputs)
     if args.child == "transformers":
-        import transformers  # noqa: F401  (counted in the baseline, like vlmodel's import)
+        import transformers  # noqa: F401  (imports count in the baseline, for both libraries)
+    else:
+        import vlutils.rope  # noqa: F401  (vlmodel's position ids come from here)
     base = _status_mib("VmRSS")
     model = load(args.child, args.path, dtype, device)
     ids, pv, grid = ids.to(device), pv.to(device), grid.to(device)
