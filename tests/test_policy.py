@@ -632,8 +632,6 @@ def test_netrc_credentials_not_sent_in_safe_mode(tmp_path, monkeypatch, safe):
     assert seen == [None] if safe else seen[0] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG [6] in .notes-hardening-bugs.txt: video source frame size is not "
-                   "checked against max_pixels (only the output size is); remove once fixed")
 @needs_video_hooks
 def test_video_source_frames_over_pixel_cap_are_refused(media_root):
     """Images are refused when their decoded size exceeds max_pixels; video frames must

@@ -21,7 +21,7 @@ from .frames import load_frame_list
 from .metadata import VideoMetadata
 from .pipeline import Plan, decode_video
 from ..image import MAX_IMAGE_PIXELS
-from .resize import check_output_size, resize_exact, video_target_size
+from .resize import check_output_size, max_video_bytes, resize_exact, video_target_size
 from .sampling import calculate_video_frame_range, sample_indices, smart_nframes
 
 logger = logging.getLogger(__name__)
@@ -150,12 +150,20 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
 
     nframes_box: list[int] = []
     frame_limit = int(_policy.limit("max_pixels", MAX_IMAGE_PIXELS))  # read here: decode runs in another thread
+    total_limit = max_video_bytes()
 
     def size(height: int, width: int) -> tuple[int, int]:
+        # the decoded frame size, like an image's: a small file can hold 8192x8192 frames
+        if height * width > frame_limit:
+            raise SizeLimitError(
+                f"video frames are {width}x{height} = {width * height} pixels, over the {frame_limit}-pixel limit",
+                _label(value),
+            )
         if not resize:
             return height, width
         target = video_target_size(ele, nframes_box[0], height, width, image_patch_size)
-        check_output_size(nframes_box[0], *target, source=_label(value), frame_limit=frame_limit)
+        check_output_size(nframes_box[0], *target, source=_label(value), frame_limit=frame_limit,
+                          total_limit=total_limit)
         return target
 
     def plan_and_remember(probe: Probe) -> Plan:

@@ -49,7 +49,10 @@ def video_target_size(
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=min(wanted, max_pixels))
 
 
-def check_output_size(nframes: int, height: int, width: int, source: Any = None, frame_limit: int | None = None) -> None:
+def check_output_size(
+    nframes: int, height: int, width: int, source: Any = None, frame_limit: int | None = None,
+    total_limit: int | None = None,
+) -> None:
     """Refuse outputs no sane request needs (min_pixels=1e12, or 1e8 over 24 frames = 29 GB):
     one bad sample must cost a clear error, not an out-of-memory kill of the worker.
 
@@ -61,12 +64,19 @@ def check_output_size(nframes: int, height: int, width: int, source: Any = None,
     if height * width > frame_limit:
         raise SizeLimitError(f"requested frame size {width}x{height} is over the {frame_limit}-pixel limit", source)
     total = nframes * 3 * height * width * 4
-    total_limit = int(float(os.environ.get("VLUTILS_MAX_VIDEO_BYTES", 16 * 2**30)))
+    if total_limit is None:  # safe mode lowers it (SafetyPolicy.max_video_bytes)
+        total_limit = max_video_bytes()
     if total > total_limit:
         raise SizeLimitError(
             f"output of {nframes} frames at {width}x{height} needs {total / 2**30:.1f} GiB, over the "
             f"{total_limit / 2**30:.1f} GiB limit (VLUTILS_MAX_VIDEO_BYTES)", source
         )
+
+
+def max_video_bytes() -> int:
+    """``VLUTILS_MAX_VIDEO_BYTES`` (default 16 GiB), lowered by the active safe-mode policy.
+    Read it in the caller's thread: decode threads do not carry the policy."""
+    return int(_policy.limit("max_video_bytes", float(os.environ.get("VLUTILS_MAX_VIDEO_BYTES", 16 * 2**30))))
 
 
 def resize_exact(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
