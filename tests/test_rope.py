@@ -17,7 +17,7 @@ from vlutils.rope import decode_position_ids, get_rope_index
 from _refs import reference_rope
 from _rope_cases import IMAGE_PAD, PAD, VIDEO_PAD, VISION_END, VISION_START, call_vlutils, random_case, random_cases
 
-N_CASES = 250  # per model family; each case is a batch of 1-4 rows
+N_CASES = 160  # per model family (480 batches in all); each case is a batch of 1-4 rows
 
 
 def _assert_same(case: dict, ref, mine, label: str) -> None:
