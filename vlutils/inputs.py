@@ -133,8 +133,9 @@ def second_per_grid_ts_from_fps(fps: float | Sequence[float], n_videos: int, tem
 
 
 def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int | None, video_token_id: int | None) -> torch.Tensor:
-    """transformers 5.x's modality map: 1 for image pads, 2 for video pads, 0 otherwise."""
-    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    """transformers 5.x's modality map (its processors' return_mm_token_type_ids): 1 for image pads,
+    2 for video pads, 0 otherwise, int64."""
+    types = torch.zeros_like(input_ids, dtype=torch.long)
     if image_token_id is not None:
         types[input_ids == image_token_id] = 1
     if video_token_id is not None:
