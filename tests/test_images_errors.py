@@ -518,3 +518,35 @@ def test_works_without_torchvision_decord_torchcodec(tmp_path):
     height, width = round(300 / 28) * 28, round(200 / 28) * 28  # within min/max pixels: plain rounding
     assert proc.stdout.strip() == f"{(width, height)} RGB"
     assert proc.stderr == ""
+
+
+# ----------------------------------------------------------------------------- resource hygiene
+
+
+def open_fds_to(path: Path) -> list[str]:
+    fd_dir = Path("/proc/self/fd")
+    found = []
+    for fd in fd_dir.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                found.append(fd.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_no_file_handles_left_open(bad_files, tmp_path):
+    """Images are fully loaded and their files closed, also after a decode failure."""
+    good = tmp_path / "good.jpg"
+    good.write_bytes(jpeg_bytes())
+    images = [vlutils.fetch_image({"image": str(good)}) for _ in range(3)]
+    images += vlutils.process_vision_info([{"role": "user", "content": [{"image": "file://" + str(good)}] * 3}])[0]
+    assert open_fds_to(good) == []
+    assert all(image.size[0] > 0 for image in images)
+    for name in ("truncated.jpg", "text.jpg", "empty.jpg"):
+        with pytest.raises(DecodeError):
+            vlutils.fetch_image({"image": str(bad_files[name])})
+        assert open_fds_to(bad_files[name]) == []
+    good.unlink()  # loaded images do not depend on the file any more
+    assert images[0].tobytes()
