@@ -29,6 +29,7 @@ __all__ = [
     "VISION_START",
     "VISION_END",
     "format_chat",
+    "item_kind",
     "expand_placeholders",
     "qwen3_timestamps",
 ]
@@ -203,7 +204,8 @@ def _split_pads(text: str):
             return
         at, kind, token = min(found)
         start, end = at, at + len(token)
-        if kind == "video" and text.startswith(VISION_START, at - len(VISION_START)) and text.startswith(VISION_END, end):
+        opened = at >= len(VISION_START) and text.startswith(VISION_START, at - len(VISION_START))
+        if kind == "video" and opened and text.startswith(VISION_END, end):
             start, end = at - len(VISION_START), end + len(VISION_END)
         yield None, text[i:start]
         yield kind, text[start:end]
