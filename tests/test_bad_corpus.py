@@ -513,3 +513,78 @@ def test_corpus_is_small_and_complete():
     named = {getattr(c, "values", c)[0] for c in IMAGE_FILES} | {n for n, _ in VIDEO_FILES} | set(VIDEO_FILES_LENIENT)
     named |= {"ok_image.png", "ok_video.mp4", "img_huge_dims.png"}
     assert named <= {f.name for f in files}
+
+
+# ------------------------------------------------------------------ special files
+
+SPECIAL_FILE_SCRIPT = r"""
+import json, resource, sys
+kind, path, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a bug must fail fast, not eat the machine
+import vlutils
+try:
+    vlutils.process_vision_info([{"role": "user", "content": [{kind: path}]}])
+    print(json.dumps("ok"))
+except BaseException as exc:
+    print(json.dumps(f"{type(exc).__name__}: {exc}"[:300]))
+"""
+BUG8 = pytest.mark.xfail(strict=True, reason="BUG [8] in .notes-hardening-bugs.txt: a path to a device or FIFO is "
+                         "read without bound (/dev/zero fills memory) or blocks forever (FIFO)")
+
+
+SPECIAL_CASES = [("image", "/dev/zero"), ("image", "fifo"), ("video", "fifo"), ("video", "/dev/zero"),
+                 ("image", "/proc/self/pagemap")]
+SPECIAL_TIMEOUT = 12
+
+
+@pytest.fixture(scope="module")
+def special_file_outcomes(tmp_path_factory):
+    """Run every special-file case at once, each in its own child (1 GB address-space
+    limit for images, a wall limit for all), because the failure modes are hangs and
+    memory blow-ups. Returns {(kind, special): outcome text}."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fifo = str(tmp_path_factory.mktemp("special") / "pipe.mp4")
+    os.mkfifo(fifo)
+    procs = {}
+    for kind, special in SPECIAL_CASES:
+        path = fifo if special == "fifo" else special
+        if not os.path.exists(path):
+            continue
+        limit = (1 << 30) if kind == "image" else 0
+        procs[(kind, special)] = subprocess.Popen(
+            [sys.executable, "-c", SPECIAL_FILE_SCRIPT, kind, path, str(limit)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    outcomes = {}
+    deadline = time.monotonic() + SPECIAL_TIMEOUT
+    for key, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            outcomes[key] = json.loads(out.strip().splitlines()[-1]) if out.strip() else err[-300:]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            outcomes[key] = f"still running after {SPECIAL_TIMEOUT} s (hang)"
+    return outcomes
+
+
+@pytest.mark.parametrize("kind, special", [
+    pytest.param("image", "/dev/zero", marks=BUG8),
+    pytest.param("image", "fifo", marks=BUG8),
+    pytest.param("video", "fifo", marks=[BUG8, needs_video]),
+    pytest.param("video", "/dev/zero", marks=needs_video),
+    ("image", "/proc/self/pagemap"),  # reports size 0, holds 8 bytes per page of address space
+])
+def test_special_files_are_refused(kind, special, special_file_outcomes):
+    """Not regular files: /dev/zero never ends, a FIFO with no writer blocks forever, /proc
+    files lie about their size. Each must end in a typed error naming its position."""
+    if (kind, special) not in special_file_outcomes:
+        pytest.skip(f"{special} does not exist here")
+    outcome = special_file_outcomes[(kind, special)]
+    error_names = ("SourceNotFoundError", "SizeLimitError", "DecodeError", "UnsupportedSourceError")
+    assert outcome.startswith(error_names), outcome
+    assert "message 0, item 0" in outcome, outcome
