@@ -85,8 +85,9 @@ def get_rope_index(
     # The index arithmetic runs in numpy on the CPU: dozens of small vectorized steps, where
     # numpy's per-call cost is a fraction of torch's. The results go back to ids' device.
     ids_np = ids.detach().cpu().numpy()
-    valid = None if mask is None else _valid_tokens(mask.detach().cpu().numpy())
-    span = _Span.of(valid, *ids_np.shape)
+    mask_np = None if mask is None else mask.detach().cpu().numpy()
+    valid = None if mask_np is None else _valid_tokens(mask_np)
+    span = _Span.of(valid, *ids_np.shape, mask=mask_np)
     if span.contiguous:
         position_ids, deltas = _vision_positions(ids_np, span, image_grid, video_grid, video_seconds, layout)
     else:
@@ -119,12 +120,16 @@ class _Span:
         self.valid, self.count, self.first, self.contiguous = valid, count, first, contiguous
 
     @classmethod
-    def of(cls, valid: np.ndarray | None, batch: int, length: int) -> "_Span":
+    def of(cls, valid: np.ndarray | None, batch: int, length: int, mask: np.ndarray | None = None) -> "_Span":
         if valid is None or valid.all():
             return cls(None, np.full(batch, length), np.zeros(batch, dtype=np.int64), True)
-        count = valid.sum(1)
+        # (Summing a 0/1 integer mask is faster than summing booleans.)
+        count = (mask if mask is not None and mask.dtype.kind in "iu" else valid).sum(1).astype(np.int64)
         first = valid.argmax(1)  # the first True (0 for an empty row, whose count is 0)
-        last = length - 1 - valid[:, ::-1].argmax(1)
+        if valid[:, -1].all():  # left padding: every row ends with a valid token
+            last = np.full(batch, length - 1)
+        else:
+            last = length - 1 - valid[:, ::-1].argmax(1)
         contiguous = bool(np.all((last - first + 1 == count) | (count == 0)))
         return cls(valid, count, first, contiguous)
 
@@ -171,14 +176,15 @@ def _vision_positions(
     # the previous one, plus the surplus of a block that just ended (blocks never share an end).
     # Axis 0 first; it is copied to the other two axes before the vision ids are written.
     position_ids = np.empty((3, batch, length), dtype=np.int64)
+    # Starting from -first makes a token's id its column minus the row's first valid column,
+    # i.e. its index among the row's valid tokens (they form one run).
     text = position_ids[0]
     text.fill(1)
-    text[:, 0] = 0
+    text[:, 0] = -first
     inside = block_end < length  # a block that ends its row shifts nothing in it
     text[block_row[inside], block_end[inside]] += surplus[inside]
     np.cumsum(text, axis=1, out=text)
-    if span.valid is not None:  # one run of valid tokens per row: index = column - first valid column
-        text -= first[:, None]
+    if span.valid is not None:
         np.copyto(text, 1, where=~span.valid)  # padding gets 1
     position_ids[1] = text
     position_ids[2] = text
@@ -342,10 +348,13 @@ def _as_mask(attention_mask: Any, ids: torch.Tensor) -> torch.Tensor | None:
 
 def _valid_tokens(mask: np.ndarray) -> np.ndarray:
     """The attention mask as booleans; only 0 and 1 are accepted (transformers tests ``== 1``)."""
-    valid = mask.astype(bool, copy=False)
-    if mask.dtype != np.bool_ and np.any(mask != valid):
+    if mask.dtype.kind in "iu":  # as unsigned, negative values are huge: one max() checks both ends
+        bad = mask.size > 0 and mask.view(mask.dtype.str.replace("i", "u")).max() > 1
+    else:
+        bad = mask.dtype != np.bool_ and bool(np.any((mask != 0) & (mask != 1)))
+    if bad:
         raise InvalidOptionError("attention_mask must contain only 0 and 1")
-    return valid
+    return mask.astype(bool, copy=False)
 
 
 def _as_grid(grid: Any, name: str) -> np.ndarray:
