@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 from PIL import Image
 
 import vlmodel
