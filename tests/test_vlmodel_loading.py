@@ -153,3 +153,49 @@ def test_no_transformers_import_at_run_time(saved):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
+
+
+# Released hub configs (flat layout), as published for Qwen2-VL-7B-Instruct and Qwen2.5-VL-3B-Instruct.
+_COMMON = {"attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652,
+           "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
+           "video_token_id": 151656, "hidden_act": "silu", "initializer_range": 0.02, "rms_norm_eps": 1e-06,
+           "rope_theta": 1000000.0, "sliding_window": 32768, "torch_dtype": "bfloat16", "use_cache": True,
+           "use_sliding_window": False, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}
+HUB_CONFIGS = {
+    "Qwen2-VL-7B-Instruct": dict(
+        _COMMON, architectures=["Qwen2VLForConditionalGeneration"], model_type="qwen2_vl", hidden_size=3584,
+        intermediate_size=18944, max_position_embeddings=32768, max_window_layers=28, num_attention_heads=28,
+        num_hidden_layers=28, num_key_value_heads=4, tie_word_embeddings=False, vocab_size=152064,
+        vision_config={"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                       "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+                       "temporal_patch_size": 2}),
+    "Qwen2.5-VL-3B-Instruct": dict(
+        _COMMON, architectures=["Qwen2_5_VLForConditionalGeneration"], model_type="qwen2_5_vl", hidden_size=2048,
+        intermediate_size=11008, max_position_embeddings=128000, max_window_layers=70, num_attention_heads=16,
+        num_hidden_layers=36, num_key_value_heads=2, tie_word_embeddings=True, vocab_size=151936,
+        vision_config={"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                       "num_heads": 16, "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14,
+                       "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                       "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUB_CONFIGS))
+def test_released_configs_give_transformers_tensor_names_and_shapes(name):
+    """On the meta device (no memory): the released configs build exactly transformers' tensors."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig
+    from transformers import Qwen2VLForConditionalGeneration
+
+    raw = HUB_CONFIGS[name]
+    ours_cfg = ModelConfig.from_dict(raw)
+    hf_cls, cfg_cls = ((Qwen2VLForConditionalGeneration, Qwen2VLConfig) if raw["model_type"] == "qwen2_vl"
+                       else (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig))
+    with torch.device("meta"):
+        hf = hf_cls._from_config(cfg_cls(**raw))
+        ours = vlmodel.Qwen2VL(ours_cfg)
+    theirs = {vlmodel.loading.canonical_name(k): tuple(v.shape) for k, v in hf.state_dict().items()}
+    mine = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert mine == theirs
+    hf_tied = hf.lm_head.weight is hf.model.language_model.embed_tokens.weight
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == hf_tied == raw["tie_word_embeddings"]
+    assert ours_cfg.eos_token_id == [151645] and ours_cfg.text.mrope_section == [16, 24, 24]
