@@ -287,11 +287,16 @@ def _block_grids(
                 f"token {pad}) but {kind}_grid_thw has {grid.shape[0]} row(s)"
                 + (" (Qwen3-VL counts one block per video frame)" if kind == "video" else "")
             )
-    if np.any(image_grid[:, 1:] < layout.merge) or np.any(video_grid[:, 1:] < layout.merge):
+    if n_videos == 0:  # the common cases need no interleaving
+        grid = image_grid
+    elif n_images == 0:
+        grid = video_grid
+    else:
+        grid = np.empty((block_is_image.shape[0], 3), dtype=np.int64)
+        grid[block_is_image] = image_grid
+        grid[~block_is_image] = video_grid
+    if np.any(grid[:, 1:] < layout.merge):
         raise InvalidOptionError(f"grid heights and widths must be at least spatial_merge_size={layout.merge}")
-    grid = np.empty((block_is_image.shape[0], 3), dtype=np.int64)
-    grid[block_is_image] = image_grid
-    grid[~block_is_image] = video_grid
     if layout.model_type != "qwen2_5_vl":
         return grid, None
     step = np.zeros(block_is_image.shape[0], dtype=video_seconds.dtype)
