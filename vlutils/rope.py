@@ -181,8 +181,8 @@ def _vision_positions(
     text = position_ids[0]
     text.fill(1)
     text[:, 0] = -first
-    inside = block_end < length  # a block that ends its row shifts nothing in it
-    text[block_row[inside], block_end[inside]] += surplus[inside]
+    shifts = block_end < length  # a block that ends its row shifts nothing in it
+    text[block_row[shifts], block_end[shifts]] += surplus[shifts]
     np.cumsum(text, axis=1, out=text)
     if span.valid is not None:
         np.copyto(text, 1, where=~span.valid)  # padding gets 1
