@@ -124,6 +124,13 @@ def image_msg(*values) -> list[dict]:
         ("http://2130706433/", "loopback"),  # decimal 127.0.0.1, resolved by getaddrinfo
         ("http://0x7f.1/", "loopback"),
         ("http://localhost/", "loopback"),
+        ("http://LOCALHOST/", "loopback"),
+        ("http://0177.0.0.1/", "loopback"),  # octal
+        ("http://127.1/", "loopback"),  # short form
+        ("http://[fe80::1%25eth0]/", "link-local"),  # with a zone id
+        ("http://[::]/", "unspecified"),
+        ("http://[2002:7f00:1::]/", "loopback"),  # 6to4 wrapping 127.0.0.1
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "loopback"),  # Teredo wrapping 127.0.0.1
     ],
 )
 def test_non_public_addresses_refused(url, reason):
