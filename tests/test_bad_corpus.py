@@ -422,6 +422,7 @@ def test_every_video_file_with_every_backend(backend, capfd, monkeypatch):
     time, nothing on stdout (decord logs from C++), never a crash of the process."""
     pytest.importorskip(backend)
     monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", backend)
+    vlutils.process_vision_info(video_conversation(OK_VIDEO))  # warm-up: the first torchcodec call imports ~8 s
     names = sorted(p.name for p in BAD.glob("vid_*")) + ["ok_video.mp4"]
     outcomes = {}
     for name in names:
