@@ -674,3 +674,30 @@ def test_video_output_bytes_capped_in_safe_mode(media_root):
     with policy.use(p):
         with pytest.raises(SizeLimitError):
             vlutils.process_vision_info(video_msg(str(clip), nframes=20, min_pixels=60e6, max_pixels=60e6))
+
+
+def test_concurrent_threads_with_different_policies(media_root):
+    """24 threads at once, alternating strict and permissive `use` blocks, each with a
+    multi-item message (so process_vision_info's own pool runs): every thread gets the
+    outcome of its own policy, never its neighbour's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inside = str(media_root / "ok.png")
+    outside = str(media_root.parent / "secret" / "secret.png")
+    strict = SafetyPolicy(allowed_roots=[str(media_root)])
+    barrier = threading.Barrier(8)
+
+    def call(i: int) -> str:
+        p = strict if i % 2 else None
+        with policy.use(p):
+            barrier.wait(timeout=10) if i < 8 else None
+            try:
+                vlutils.process_vision_info(image_msg(inside, inside, outside, inside))
+                return "ok"
+            except UnsafeSourceError as exc:
+                assert "message 0, item 2" in str(exc)
+                return "refused"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, range(24)))
+    assert results == ["refused" if i % 2 else "ok" for i in range(24)]
