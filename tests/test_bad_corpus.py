@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import vlutils
 from vlutils.errors import (

@@ -66,7 +66,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .errors import FetchError, InvalidOptionError, UnsafeSourceError
 
@@ -387,6 +387,8 @@ def from_env(environ: Any = None) -> SafetyPolicy | None:
     policy = _parse_env(dict(zip(ENV_VARS, key)))
     if environ is None:
         _env_cache = (key, policy)
+        if policy is not None:
+            logger.info("safe mode on from the environment: %s", policy)
     return policy
 
 
