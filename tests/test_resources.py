@@ -300,6 +300,35 @@ def test_many_threads_at_once_agree(media, server):
     assert threading.active_count() <= threads_before + 1, [t.name for t in threading.enumerate()]
 
 
+BUG9 = pytest.mark.xfail(strict=True, reason="BUG [9] in .notes-hardening-bugs.txt: a lazily opened PIL image "
+                         "shared by several items is loaded by several pool threads at once (raw OSError/AssertionError)")
+
+
+@BUG9
+def test_shared_lazy_pil_image_in_several_items():
+    """Image.open() decodes on first use. The same lazily opened image in several items
+    of one message (duplicates are common) is fetched by several pool threads at once:
+    every item must still give the same image, as the sequential reference does."""
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    expected = vlutils.process_vision_info(msg({"image": Image.open(io.BytesIO(data))}))[0][0].tobytes()
+    for _ in range(10):
+        lazy = Image.open(io.BytesIO(data))
+        images, _ = vlutils.process_vision_info(msg(*[{"image": lazy} for _ in range(8)]))
+        assert all(image.tobytes() == expected for image in images)
+
+
+@BUG9
+def test_truncated_lazy_pil_image_is_a_decode_error():
+    lazy = Image.open(BAD / "img_truncated_half.jpg")
+    with pytest.raises(DecodeError, match="message 0, item 0"):
+        vlutils.process_vision_info(msg({"image": lazy}))
+
+
 # ------------------------------------------------------------------- DataLoader
 
 
