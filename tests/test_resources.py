@@ -320,6 +320,9 @@ def test_shared_lazy_pil_image_in_several_items():
         lazy = Image.open(io.BytesIO(data))
         images, _ = vlutils.process_vision_info(msg(*[{"image": lazy} for _ in range(8)]))
         assert all(image.tobytes() == expected for image in images)
+    if HAVE_VIDEO:  # a frame list is fetched by a pool too
+        _, videos = vlutils.process_vision_info(msg({"video": [Image.open(io.BytesIO(data))] * 8}))
+        assert all(torch.equal(frame, videos[0][0]) for frame in videos[0])
 
 
 @BUG9
