@@ -231,8 +231,15 @@ _PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"v=0")
 
 def refuse_playlist(path: str, value: Any) -> None:
     """Refuse playlist/manifest files whatever their name; every backend is affected."""
-    with open(path, "rb") as handle:
-        head = handle.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
+    # O_NONBLOCK: opening a FIFO must not block here, outside the decode time limit
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        head = os.read(fd, 256)
+    except BlockingIOError:
+        head = b""
+    finally:
+        os.close(fd)
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(_PLAYLIST_MAGIC) or b"<MPD" in head:
         raise UnsupportedSourceError(
             "playlists and manifests (HLS, DASH, concat, SDP) are not accepted: they make the decoder "

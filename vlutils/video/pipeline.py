@@ -1,8 +1,8 @@
 """Run one backend with a deadline and stream its frames into a preallocated output.
 
-Decoding runs in a worker thread; the calling thread resizes each frame as it arrives
-(FFmpeg and torch both release the GIL, so the two overlap on two cores). A bounded
-queue keeps at most a few full-size frames alive. The caller stops waiting at the
+Decoding runs in a worker thread; a small pool resizes frames as they arrive (FFmpeg
+and torch both release the GIL, so they overlap). A bounded queue and a bounded number
+of pending resizes keep at most a few full-size frames alive. The caller stops waiting at the
 deadline and raises :class:`DecodeTimeoutError`; the worker notices between frames and
 exits. A reader with ``abort()`` (decord, which runs in a child process) is killed
 at the deadline; for the in-process backends a C call that never returns leaves only
@@ -11,10 +11,14 @@ that daemon thread behind.
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,6 +32,11 @@ from .resize import resize_exact
 logger = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 4
+# Threads resizing frames (each on one torch thread) while the decoder runs. 1 by default:
+# on the 2-core bench machine 2 gave no measurable gain and more memory; raise it with
+# VLUTILS_VIDEO_RESIZE_THREADS on machines with many cores (not measured here).
+RESIZE_THREADS = max(1, int(os.environ.get("VLUTILS_VIDEO_RESIZE_THREADS", "1")))
+MAX_PENDING = 2 * RESIZE_THREADS
 _POLL = 0.25
 
 
@@ -125,17 +134,13 @@ def decode_video(
     video = probe = plan = None
     slots: dict[int, list[int]] = {}
     filled = 0
-    saved_threads = _single_thread_resize()
+    pending: collections.deque[Future] = collections.deque()
+    pool = ThreadPoolExecutor(RESIZE_THREADS, thread_name_prefix="vlutils-resize", initializer=_single_thread_resize)
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                _abort(state.get("reader"))
-                raise DecodeTimeoutError(
-                    f"decoding with backend {backend.name!r} took longer than {timeout:g}s "
-                    "(raise the limit with timeout= or VLUTILS_VIDEO_TIMEOUT)",
-                    source,
-                )
+                _timed_out(backend.name, timeout, source, state)
             try:
                 item = q.get(timeout=min(remaining, _POLL))
             except queue.Empty:
@@ -150,7 +155,9 @@ def decode_video(
                 video = torch.empty((len(plan.indices), 3, height, width), dtype=out_dtype)
             elif kind == "frame":
                 _, index, frame = item
-                filled += _store(video, slots.get(index, ()), frame, fast_resize)
+                while len(pending) >= MAX_PENDING:
+                    filled += _wait(pending.popleft(), deadline, backend.name, timeout, source, state)
+                pending.append(pool.submit(_store, video, slots.get(index, ()), frame, fast_resize))
             elif kind == "error":
                 exc = item[1]
                 if isinstance(exc, VisionInputError):
@@ -158,14 +165,34 @@ def decode_video(
                 raise DecodeError(f"{backend.name} failed: {type(exc).__name__}: {exc}", source) from exc
             else:  # done
                 break
+        while pending:
+            filled += _wait(pending.popleft(), deadline, backend.name, timeout, source, state)
         if video is None or filled != len(plan.indices):
             raise DecodeError(f"{backend.name} returned {filled} of {len(plan.indices)} requested frames", source)
     finally:
         stop.set()
-        if saved_threads is not None:
-            torch.set_num_threads(saved_threads)
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
     worker.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
     return DecodeResult(video, plan, probe, sink.source_size, state.get("reader"), time.monotonic() - started)
+
+
+def _timed_out(name: str, timeout: float, source: Any, state: dict) -> None:
+    _abort(state.get("reader"))
+    raise DecodeTimeoutError(
+        f"decoding with backend {name!r} took longer than {timeout:g}s "
+        "(raise the limit with timeout= or VLUTILS_VIDEO_TIMEOUT)",
+        source,
+    )
+
+
+def _wait(future: Future, deadline: float, name: str, timeout: float, source: Any, state: dict) -> int:
+    """Result of one resize job, or DecodeTimeoutError at the deadline."""
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        _timed_out(name, timeout, source, state)
 
 
 def _abort(reader: Any) -> None:
@@ -178,15 +205,13 @@ def _abort(reader: Any) -> None:
             logger.debug("abort failed", exc_info=True)
 
 
-def _single_thread_resize() -> int | None:
-    """Resize on one thread while FFmpeg decodes on the others (torch's default of all
-    cores oversubscribes and runs ~3x slower here). With OpenMP the setting is per
-    thread, so only this call is affected; other builds are left alone."""
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return None
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return saved
+def _single_thread_resize() -> None:
+    """Each resize thread runs torch single-threaded (torch's default of all cores per op,
+    next to FFmpeg's threads, oversubscribes and ran ~3x slower here). With OpenMP the
+    setting is per thread, so only these pool threads are affected; other builds keep
+    their setting."""
+    if "OpenMP" in torch.__config__.parallel_info():
+        torch.set_num_threads(1)
 
 
 def _store(video: torch.Tensor, slots: list[int], frame: np.ndarray, fast_resize: bool) -> int:
