@@ -15,6 +15,7 @@ import inspect
 import io
 import os
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -22,6 +23,7 @@ from PIL import Image
 import vlutils
 import vlutils.image
 import vlutils.sources
+import vlutils.vision_process
 from vlutils import policy
 from vlutils.errors import FetchError, InvalidOptionError, SizeLimitError, UnsafeSourceError, VisionInputError
 from vlutils.policy import SafetyPolicy
@@ -701,3 +703,28 @@ def test_concurrent_threads_with_different_policies(media_root):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(call, range(24)))
     assert results == ["refused" if i % 2 else "ok" for i in range(24)]
+
+
+ITEMS_HOOK = "check_item_count" in inspect.getsource(vlutils.vision_process)
+
+
+def test_item_count_unit():
+    SafetyPolicy(max_items=3).check_item_count(3)
+    with pytest.raises(SizeLimitError, match="4 images and videos in one call, over the limit of 3"):
+        SafetyPolicy(max_items=3).check_item_count(4)
+    SafetyPolicy(max_items=None).check_item_count(10**6)
+
+
+@pytest.mark.skipif(not ITEMS_HOOK, reason="hook from .notes-policy-hooks-4.diff not applied yet")
+def test_item_count_capped():
+    """10,000 references to one image would all be decoded before a server counts tokens."""
+    tiny = Image.new("RGB", (8, 8))
+    with policy.use(SafetyPolicy(max_items=16)):
+        images, _ = vlutils.process_vision_info(image_msg(*[tiny] * 16))
+        assert len(images) == 16
+        start = time.monotonic()
+        with pytest.raises(SizeLimitError, match="10000 images and videos"):
+            vlutils.process_vision_info(image_msg(*[tiny] * 10_000))
+        assert time.monotonic() - start < 1.0  # refused before any decoding
+    images, _ = vlutils.process_vision_info(image_msg(*[tiny] * 200))  # no policy: no limit
+    assert len(images) == 200

@@ -18,7 +18,7 @@ also reach DataLoader workers started with ``spawn``)::
     VLUTILS_ALLOWED_ROOTS=/data:/srv/media     # local files allowed under these folders only
     VLUTILS_ALLOWED_SCHEMES=https,data         # any of http, https, file, data, base64
     VLUTILS_ALLOWED_NETWORKS=10.1.2.0/24       # private networks that may still be fetched
-    VLUTILS_SAFE_MAX_BYTES / _MAX_PIXELS / _MAX_FRAMES / _DECODE_TIMEOUT / _MAX_VIDEO_BYTES  # caps
+    VLUTILS_SAFE_MAX_BYTES / _MAX_PIXELS / _MAX_FRAMES / _DECODE_TIMEOUT / _MAX_VIDEO_BYTES / _MAX_ITEMS
     VLUTILS_SAFE_IMAGE_FORMATS=JPEG,PNG,WEBP   # Pillow formats decoded ("*": all)
 
 Setting any ``VLUTILS_ALLOWED_*`` variable also turns safe mode on (fail closed: an
@@ -52,7 +52,8 @@ naming the input and the reason):
   (seconds per video decode) and ``max_video_bytes`` (float32 output of one video: 4 GiB
   by default, above the ~2.2 GB the default options can produce, far below what a
   message asking for min_pixels=60e6 over 20 frames would allocate). Each lowers, never
-  raises, the limit otherwise in force.
+  raises, the limit otherwise in force. ``max_items`` (128) bounds the images and videos
+  of one call: all are decoded before a server can count tokens.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .errors import FetchError, InvalidOptionError, UnsafeSourceError
+from .errors import FetchError, InvalidOptionError, SizeLimitError, UnsafeSourceError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import FetchSettings
@@ -141,6 +142,7 @@ class SafetyPolicy:
     max_frames: int | None = 1024
     decode_timeout: float | None = 60.0
     max_video_bytes: int | None = 4 * 1024**3
+    max_items: int | None = 128
     image_formats: frozenset[str] | None = DEFAULT_SAFE_IMAGE_FORMATS
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
@@ -168,7 +170,7 @@ class SafetyPolicy:
         object.__setattr__(self, "allowed_roots", tuple(real_roots))
         object.__setattr__(self, "allowed_networks", _networks(self.allowed_networks, "allowed_networks"))
         object.__setattr__(self, "denied_networks", _networks(self.denied_networks, "denied_networks"))
-        for name in ("max_bytes", "max_pixels", "max_frames", "decode_timeout", "max_video_bytes"):
+        for name in ("max_bytes", "max_pixels", "max_frames", "decode_timeout", "max_video_bytes", "max_items"):
             _positive_or_none(name, getattr(self, name))
 
     def replace(self, **changes: Any) -> "SafetyPolicy":
@@ -181,6 +183,13 @@ class SafetyPolicy:
         if scheme not in self.allowed_schemes:
             allowed = ", ".join(sorted(self.allowed_schemes)) or "none"
             raise UnsafeSourceError(f"safe mode: scheme {scheme!r} is not allowed (allowed: {allowed})", original)
+
+    def check_item_count(self, count: int) -> None:
+        """Refuse a call with more than ``max_items`` images and videos: everything is
+        decoded before the server can count tokens, so 10,000 references to one file would
+        otherwise decode 10,000 images."""
+        if self.max_items is not None and count > self.max_items:
+            raise SizeLimitError(f"safe mode: {count} images and videos in one call, over the limit of {self.max_items}")
 
     def check_image_format(self, image_format: str | None, original: Any = None) -> None:
         """Refuse an image whose Pillow format is not in ``image_formats`` (``None``: all).
@@ -329,6 +338,7 @@ ENV_VARS = (
     "VLUTILS_SAFE_DECODE_TIMEOUT",
     "VLUTILS_SAFE_IMAGE_FORMATS",
     "VLUTILS_SAFE_MAX_VIDEO_BYTES",
+    "VLUTILS_SAFE_MAX_ITEMS",
 )
 
 
@@ -414,6 +424,7 @@ def _parse_env(env: dict[str, str | None]) -> SafetyPolicy | None:
         ("VLUTILS_SAFE_MAX_FRAMES", "max_frames", int),
         ("VLUTILS_SAFE_DECODE_TIMEOUT", "decode_timeout", float),
         ("VLUTILS_SAFE_MAX_VIDEO_BYTES", "max_video_bytes", int),
+        ("VLUTILS_SAFE_MAX_ITEMS", "max_items", int),
     ):
         text = env[var]
         if text:
@@ -442,6 +453,13 @@ def check_path(path: str, original: Any = None) -> str:
     """``path`` unchanged without a policy; otherwise its real path, if inside an allowed root."""
     policy = current()
     return path if policy is None else policy.check_path(path, original)
+
+
+def check_item_count(count: int) -> None:
+    """Refuse a call with more vision items than the active policy's ``max_items``."""
+    policy = current()
+    if policy is not None:
+        policy.check_item_count(count)
 
 
 def check_image_format(image_format: str | None, original: Any = None) -> None:
@@ -480,6 +498,7 @@ __all__ = [
     "from_env",
     "check_scheme",
     "check_image_format",
+    "check_item_count",
     "check_path",
     "check_url",
     "limit",
