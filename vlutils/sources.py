@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -305,6 +306,9 @@ def _check_local_path(path: str, original: Any) -> str:
         raise SourceNotFoundError("no such file", original)
     if os.path.isdir(path):
         raise SourceNotFoundError("is a directory, not a file", original)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        # a FIFO blocks forever on open and /dev/zero never ends: only regular files are media
+        raise SourceNotFoundError("not a regular file (device, FIFO or socket)", original)
     if not os.access(path, os.R_OK):
         raise SourceNotFoundError("file is not readable", original)
     return path
@@ -373,7 +377,10 @@ def read_limited(path: str, limit: int, original: Any) -> bytes:
         if size > limit:
             raise SizeLimitError(f"file is {size} bytes, over the {limit}-byte limit", original)
         with open(path, "rb") as handle:
-            return handle.read()
+            data = handle.read(limit + 1)  # /proc files report size 0 and can hold gigabytes
+        if len(data) > limit:
+            raise SizeLimitError(f"file holds more than the {limit}-byte limit", original)
+        return data
     except OSError as exc:
         raise SourceNotFoundError(f"cannot read file: {exc.strerror or exc}", original) from None
 
