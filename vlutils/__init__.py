@@ -35,10 +35,31 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """Video names load lazily so that ``import vlutils`` stays light."""
-    if name in {"fetch_video", "smart_nframes", "get_video_reader_backend", "VIDEO_READER_BACKENDS"}:
-        from . import video
+# Names whose modules import torch (or video backends): loaded on first use so that
+# ``import vlutils`` stays light (about 0.2 s, no torch).
+_LAZY = {
+    "video": (
+        "fetch_video", "smart_nframes", "get_video_reader_backend", "VIDEO_READER_BACKENDS",
+        "calculate_video_frame_range", "VideoMetadata",
+    ),
+    "inputs": ("build_inputs",),
+    "rope": ("get_rope_index", "decode_position_ids"),
+    "processor": ("patchify", "patchify_image", "patchify_video", "get_preset", "VisionPreset", "PRESETS"),
+    "chat": ("format_chat", "expand_placeholders"),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
-        return getattr(video, name)
-    raise AttributeError(f"module 'vlutils' has no attribute {name!r}")
+
+def __getattr__(name: str):
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlutils' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES))
