@@ -135,6 +135,7 @@ def decode_video(
     slots: dict[int, list[int]] = {}
     filled = 0
     pending: collections.deque[Future] = collections.deque()
+    caller_threads = torch.get_num_threads()
     pool = ThreadPoolExecutor(RESIZE_THREADS, thread_name_prefix="vlutils-resize", initializer=_single_thread_resize)
     try:
         while True:
@@ -174,6 +175,7 @@ def decode_video(
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
+        _restore_default_threads(caller_threads)
     worker.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
     return DecodeResult(video, plan, probe, sink.source_size, state.get("reader"), time.monotonic() - started)
 
@@ -203,6 +205,13 @@ def _abort(reader: Any) -> None:
             abort()
         except Exception:  # pragma: no cover - best effort
             logger.debug("abort failed", exc_info=True)
+
+
+def _restore_default_threads(threads: int) -> None:
+    """torch.set_num_threads also stores a process-wide default that torch's own new threads
+    (autograd, inter-op) start with: put back the caller's value once the pool is gone."""
+    if "OpenMP" in torch.__config__.parallel_info() and torch.get_num_threads() == threads:
+        torch.set_num_threads(threads)
 
 
 def _single_thread_resize() -> None:
