@@ -3,7 +3,6 @@ reference functions on generated inputs, and the decode work the pyav reader avo
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -10,9 +10,8 @@ from typing import Any
 
 import torch
 
-from ..constants import SPATIAL_MERGE_SIZE
 from .. import policy as _policy
-from ..errors import InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError, VisionInputError
+from ..errors import InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
 from ..resize import check_number
 from ..sources import FetchSettings, local_file
 from .backends import get_video_reader_backend, resolve_backend
