@@ -44,21 +44,43 @@ def _fetch_one(item: VisionItem, image_patch_size: int, return_video_metadata: b
         raise exc.with_position(item.position)
 
 
-def _workers(count: int) -> int:
-    return max(1, min(count, MAX_FETCH_WORKERS, (os.cpu_count() or 1) + 2))
+def _cores() -> int:
+    """CPUs this process may run on (affinity-aware where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _workers(count: int, io_bound: bool = True) -> int:
+    """Pool size: decoding and resizing are CPU-bound (Pillow and FFmpeg release the GIL), so
+    more threads than cores only add page-fault contention; downloads overlap their waiting."""
+    limit = _cores() + 2 if io_bound else _cores()
+    return max(1, min(count, MAX_FETCH_WORKERS, limit))
+
+
+def _is_remote(item: Any) -> bool:
+    element = getattr(item, "element", None)
+    if not isinstance(element, dict):
+        return True
+    value = next((element[k] for k in ("image", "image_url", "video", "video_url") if k in element), None)
+    if isinstance(value, dict):
+        value = value.get("url")
+    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
 
 
 def run_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """``[fn(item) for item in items]`` in a bounded thread pool, results in input order.
 
     Each task runs in a copy of the caller's context, so a ``vlutils.policy.use(...)`` block
-    (a contextvar) reaches the worker threads. As soon as one item fails, the earliest failed
-    item raises: siblings still downloading are not waited for (each is bounded by its own
+    (a contextvar) reaches the worker threads. As soon as one item fails, the earliest (in
+    input order) of the items that have failed by then raises: siblings still downloading are not waited for (each is bounded by its own
     timeouts and ends in the background) and queued ones are cancelled.
     """
     if len(items) <= 1:
         return [fn(item) for item in items]
-    pool = ThreadPoolExecutor(max_workers=_workers(len(items)), thread_name_prefix="vlutils-fetch")
+    io_bound = any(_is_remote(item) for item in items)
+    pool = ThreadPoolExecutor(max_workers=_workers(len(items), io_bound), thread_name_prefix="vlutils-fetch")
     try:
         futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -82,8 +104,9 @@ def process_vision_info(
     video_kwargs)`` exactly as qwen-vl-utils 0.0.14: images are resized RGB PIL images,
     videos are float32 ``(T, C, H, W)`` tensors (``(tensor, metadata)`` pairs with
     ``return_video_metadata``), ``None`` when there are none. Items are fetched in a
-    bounded thread pool; results keep input order. The first failing item (in order)
-    raises, with its position in the conversation named.
+    bounded thread pool (one thread per core for local items, a few more when downloading);
+    results keep input order. A failing item raises as soon as it fails, with its position in
+    the conversation named.
     """
     check_number("image_patch_size", image_patch_size, integer=True)
     items = iter_vision_items(conversations)
