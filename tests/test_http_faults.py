@@ -314,7 +314,7 @@ MALFORMED = [
     ("bad_gzip", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnotgzip123", FetchError, False),
     ("redirect_bad_ipv6", b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n", FetchError, False),
 ]
-XFAIL_MALFORMED = {"redirect_bad_ipv6": pytest.mark.xfail(strict=True, reason="BUG [7] in .notes-hardening-bugs.txt")}
+XFAIL_MALFORMED: dict = {}
 
 
 @pytest.mark.parametrize("name, data, expected, retried", [
@@ -328,8 +328,6 @@ def test_malformed_answers(server, name, data, expected, retried):
     assert server.requests[f"/{name}"] == (RETRIES + 1 if retried else 1)
 
 
-BUG7 = pytest.mark.xfail(strict=True, reason="BUG [7] in .notes-hardening-bugs.txt: malformed URLs escape as "
-                         "bare ValueError / urllib3 LocationParseError instead of FetchError")
 
 
 @pytest.mark.parametrize("url", [
@@ -337,9 +335,9 @@ BUG7 = pytest.mark.xfail(strict=True, reason="BUG [7] in .notes-hardening-bugs.t
     "http://:80/x.png",
     "http://127.0.0.1:99999/x.png",
     "http://127.0.0.1:-1/x.png",
-    pytest.param("http://[::1", marks=BUG7),
-    pytest.param("https://[::ffff:999.1.1.1]/x.png", marks=BUG7),
-    pytest.param("http://" + "a" * 300 + ".example/x.png", marks=BUG7, id="label-too-long"),  # fails before any DNS query
+    pytest.param("http://[::1"),
+    pytest.param("https://[::ffff:999.1.1.1]/x.png"),
+    pytest.param("http://" + "a" * 300 + ".example/x.png", id="label-too-long"),  # fails before any DNS query
 ])
 def test_malformed_urls_are_typed(url, connections_forbidden):
     fetch(url, FetchError, ".", budget=SLACK)

@@ -221,7 +221,6 @@ def offline(monkeypatch):
     monkeypatch.setenv("VLUTILS_HTTP_RETRIES", "0")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG [7] in .notes-hardening-bugs.txt: malformed URLs escape as ValueError")
 @settings(PROFILE, max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(prefix=URL_PREFIXES, tail=URL_TAILS, kind=st.sampled_from(["image", "video", "image_url"]))
 def test_any_source_string_fails_typed(offline, prefix, tail, kind):

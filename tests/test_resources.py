@@ -305,11 +305,8 @@ def test_many_threads_at_once_agree(media, server):
     assert threading.active_count() <= threads_before + 1, [t.name for t in threading.enumerate()]
 
 
-BUG9 = pytest.mark.xfail(strict=True, reason="BUG [9] in .notes-hardening-bugs.txt: a lazily opened PIL image "
-                         "shared by several items is loaded by several pool threads at once (raw OSError/AssertionError)")
 
 
-@BUG9
 def test_shared_lazy_pil_image_in_several_items():
     """Image.open() decodes on first use. The same lazily opened image in several items
     of one message (duplicates are common) is fetched by several pool threads at once:
@@ -330,7 +327,6 @@ def test_shared_lazy_pil_image_in_several_items():
         assert all(torch.equal(frame, videos[0][0]) for frame in videos[0])
 
 
-@BUG9
 def test_truncated_lazy_pil_image_is_a_decode_error():
     lazy = Image.open(BAD / "img_truncated_half.jpg")
     with pytest.raises(DecodeError, match="message 0, item 0"):

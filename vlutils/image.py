@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -97,8 +98,19 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
     return image
 
 
+# A lazily opened PIL image (Image.open without load) decodes on first use, and that is
+# not thread-safe: the same object in several items of one message, fetched in parallel,
+# fails with random OSError/AssertionError. Loads of in-memory images are serialised.
+_LAZY_LOAD_LOCK = threading.Lock()
+
+
 def _from_object(obj: Any, original: Any) -> Image.Image:
     if isinstance(obj, Image.Image):
+        try:
+            with _LAZY_LOAD_LOCK:
+                obj.load()  # a no-op for images already in memory
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # e.g. a truncated lazily opened file
+            raise DecodeError(f"cannot decode image: {exc}", original) from None
         return obj
     array = obj
     if type(obj).__module__.startswith("torch"):

@@ -166,10 +166,15 @@ def _download_once(url: str, dest: BinaryIO, settings: FetchSettings) -> int:
             raise _Retryable(FetchError(f"connection failed: {_short(exc)}", url))
         except requests.exceptions.RequestException as exc:
             raise FetchError(f"request failed: {_short(exc)}", url) from None
+        except (ValueError, urllib3.exceptions.HTTPError) as exc:  # e.g. LocationParseError from urllib3's connect
+            raise FetchError(f"invalid URL: {_short(exc)}", url) from None
         with response:
             if response.is_redirect:
                 location = response.headers.get("Location", "")
-                current = urllib.parse.urljoin(current, location)
+                try:
+                    current = urllib.parse.urljoin(current, location)
+                except ValueError as exc:
+                    raise FetchError(f"redirect to an invalid URL {location[:80]!r} ({exc})", url) from None
                 continue
             if response.status_code in _RETRY_STATUSES:
                 raise _Retryable(FetchError(f"HTTP {response.status_code} {response.reason}", url))
@@ -186,7 +191,10 @@ def _NO_AUTH(request: requests.PreparedRequest) -> requests.PreparedRequest:
 
 
 def _check_http_url(current: str, original: str, settings: FetchSettings) -> None:
-    scheme = urllib.parse.urlsplit(current).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(current).scheme.lower()
+    except ValueError as exc:  # "Invalid IPv6 URL", bad bracketed host
+        raise FetchError(f"invalid URL {current[:80]!r} ({exc})", original) from None
     if scheme not in ("http", "https"):
         raise FetchError(f"redirected to unsupported scheme {scheme!r} ({current[:80]})", original)
     if settings.url_check is not None:
@@ -284,7 +292,10 @@ def file_uri_to_path(uri: str) -> str:
     """``file:///a%20b.jpg`` -> ``/a b.jpg``. Falls back to the raw text after ``file://``
     (what qwen-vl-utils did) when only that exists on disk."""
     raw = uri[len("file://"):]
-    parsed = urllib.parse.urlsplit(uri)
+    try:
+        parsed = urllib.parse.urlsplit(uri)
+    except ValueError:  # "file://[x": not a URL after all, only a (strange) path
+        return raw
     decoded = urllib.parse.unquote(parsed.path)
     if parsed.netloc and parsed.netloc != "localhost":
         decoded = urllib.parse.unquote(parsed.netloc + parsed.path)  # file://relative/path

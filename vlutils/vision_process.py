@@ -8,6 +8,7 @@ import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Sequence, TypeVar
 
+from . import policy as _policy
 from .errors import InvalidMessageError, InvalidOptionError, VisionInputError
 from .image import fetch_image
 from .messages import VisionItem, iter_vision_items
@@ -110,6 +111,7 @@ def process_vision_info(
     """
     check_number("image_patch_size", image_patch_size, integer=True)
     items = iter_vision_items(conversations)
+    _policy.check_item_count(len(items))  # safe mode: bounded work per call
     results = run_parallel(lambda item: _fetch_one(item, image_patch_size, return_video_metadata), items)
 
     image_inputs = [value for kind, value, _ in results if kind == "image"] or None
