@@ -550,3 +550,12 @@ def test_no_file_handles_left_open(bad_files, tmp_path):
         assert open_fds_to(bad_files[name]) == []
     good.unlink()  # loaded images do not depend on the file any more
     assert images[0].tobytes()
+
+
+def test_credentials_in_urls_are_not_repeated_in_errors(http_server):
+    """Error messages end up in logs: a URL's user name and password must not."""
+    url = http_server.url("missing-credentials.jpg").replace("http://", "http://bob:s3cret@")
+    with pytest.raises(vlutils.errors.FetchError) as info:
+        vlutils.process_vision_info([{"role": "user", "content": [{"image": url}]}])
+    assert "s3cret" not in str(info.value) and "bob" not in str(info.value)
+    assert "***@" in str(info.value)

@@ -18,7 +18,7 @@ def describe_source(source: Any, limit: int = _MAX_LABEL) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     if isinstance(source, str):
-        text = source
+        text = _without_credentials(source)
         if text.startswith("data:") and "," in text:
             head = text.split(",", 1)[0]
             text = f"{head},<{len(source) - len(head) - 1} chars>"
@@ -31,6 +31,14 @@ def describe_source(source: Any, limit: int = _MAX_LABEL) -> str:
     if len(text) > limit:
         half = (limit - 3) // 2
         text = text[:half] + "..." + text[-half:]
+    return text
+
+
+def _without_credentials(text: str) -> str:
+    """``https://user:secret@host/x`` -> ``https://***@host/x``: errors end up in logs."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in ("http", "https") and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return text
 
 
