@@ -6,7 +6,6 @@ runs images and a video through it in a subprocess.
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

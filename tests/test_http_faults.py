@@ -129,7 +129,7 @@ def test_connection_refused_is_retried_and_bounded():
 
 def test_server_that_never_answers(server):
     url = server.route("/silent", never_answer(server, 20))
-    err = fetch(url, FetchTimeoutError, "within", budget=READ_TIMEOUT * (RETRIES + 1) + SLACK)
+    fetch(url, FetchTimeoutError, "within", budget=READ_TIMEOUT * (RETRIES + 1) + SLACK)
     assert server.requests["/silent"] >= 1
 
 

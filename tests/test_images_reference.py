@@ -14,7 +14,6 @@ Deliberate differences tested for their intended result:
 from __future__ import annotations
 
 import base64
-import io
 import random
 import shutil
 import urllib.parse

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import struct
-import threading
 import time
 import warnings
 import zlib

@@ -30,6 +30,14 @@ from .resize import ceil_by_factor, floor_by_factor, round_by_factor, smart_resi
 from .sources import FetchSettings
 from .vision_process import process_vision_info
 
+__all__ = [
+    "FPS", "FPS_MAX_FRAMES", "FPS_MIN_FRAMES", "FRAME_FACTOR", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM",
+    "MAX_NUM_WORKERS_FETCH_VIDEO", "MAX_RATIO", "MODEL_SEQ_LEN", "SPATIAL_MERGE_SIZE", "VIDEO_MAX_TOKEN_NUM",
+    "VIDEO_MIN_TOKEN_NUM", "VisionInputError", "fetch_image", "to_rgb", "extract_vision_info", "policy",
+    "SafetyPolicy", "set_policy", "ceil_by_factor", "floor_by_factor", "round_by_factor", "smart_resize",
+    "FetchSettings", "process_vision_info",
+]
+
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
@@ -48,6 +56,7 @@ _LAZY = {
     "chat": ("format_chat", "expand_placeholders"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+__all__ += list(_LAZY_NAMES)
 
 
 def __getattr__(name: str):

@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Sequence, TypeVar
 
 from . import policy as _policy
-from .errors import InvalidMessageError, InvalidOptionError, VisionInputError
+from .errors import InvalidMessageError, VisionInputError
 from .image import fetch_image
 from .messages import VisionItem, iter_vision_items
 from .resize import check_number
