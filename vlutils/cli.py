@@ -18,8 +18,8 @@ from typing import Any
 from .constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
 from .errors import VisionInputError, describe_source
 from .image import image_source, load_image_item
-from .messages import VisionItem, iter_vision_items
-from .vision_process import run_parallel
+from .messages import VisionItem, item_source, iter_vision_items
+from .pool import run_parallel
 
 logger = logging.getLogger("vlutils.cli")
 
@@ -74,9 +74,7 @@ def _video_report(item: VisionItem, patch: int) -> dict:
     )
     frames, _, height, width = video.shape
     factor = patch * SPATIAL_MERGE_SIZE
-    value = item.element.get("video", item.element.get("video_url"))
-    if isinstance(value, dict):
-        value = value.get("url")
+    value = item_source(item.element, "video")
     info = getattr(metadata, "info", {}) or {}
     original = [info["source_width"], info["source_height"]] if "source_width" in info else None
     return {
@@ -111,7 +109,7 @@ def run(path: str, image_patch_size: int = 14) -> dict:
     _rebase_paths(conversations, os.path.dirname(os.path.abspath(path)))
     items = iter_vision_items(conversations)
     start = time.perf_counter()
-    reports = run_parallel(lambda item: _run_item(item, image_patch_size), items)
+    reports = run_parallel(lambda item: _run_item(item, image_patch_size), items, io_bound=True)
     total = {
         "items": len(reports),
         "errors": sum(r["kind"] == "error" for r in reports),

@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedSourceError,
     VisionInputError,
 )
+from .messages import item_source
 from .resize import check_number, smart_resize
 from .sources import FetchSettings, read_limited, resolve_source
 
@@ -38,16 +39,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 def image_source(ele: dict) -> Any:
     """The image value of a content item: ``image`` or ``image_url`` (string or ``{"url": ...}``)."""
-    if "image" in ele:
-        return ele["image"]
-    if "image_url" in ele:
-        value = ele["image_url"]
-        if isinstance(value, dict):
-            if "url" not in value:
-                raise InvalidMessageError("image_url object has no 'url' field", value)
-            return value["url"]
-        return value
-    raise InvalidMessageError("content item has no 'image' or 'image_url' field", ele)
+    return item_source(ele, "image")
 
 
 def open_image(value: Any, settings: FetchSettings | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

@@ -35,6 +35,22 @@ class VisionItem:
         return f"{prefix}message {self.message}, item {self.item}"
 
 
+def item_source(element: dict, kind: str) -> Any:
+    """The source a content item names for ``kind`` ("image" or "video"): ``element[kind]``, else
+    ``element[kind + "_url"]`` as a string or in the OpenAI form ``{"url": ...}``."""
+    if kind in element:
+        return element[kind]
+    url_key = f"{kind}_url"
+    if url_key in element:
+        value = element[url_key]
+        if isinstance(value, dict):
+            if "url" not in value:
+                raise InvalidMessageError(f"{url_key} object has no 'url' field", value)
+            return value["url"]
+        return value
+    raise InvalidMessageError(f"content item has no '{kind}' or '{url_key}' field", element)
+
+
 def _as_conversations(conversations: Any) -> tuple[list, bool]:
     if isinstance(conversations, dict):
         return [[conversations]], False

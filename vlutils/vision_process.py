@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import os
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 from . import policy as _policy
 from .errors import InvalidMessageError, VisionInputError
 from .image import fetch_image
-from .messages import VisionItem, iter_vision_items
+from .messages import VisionItem, item_source, iter_vision_items
+from .pool import is_url, run_parallel
 from .resize import check_number
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-MAX_FETCH_WORKERS = int(os.environ.get("VLUTILS_FETCH_WORKERS", 8))
 
 
 def _fetch_one(item: VisionItem, image_patch_size: int, return_video_metadata: bool) -> tuple[str, Any, Any]:
@@ -45,52 +38,16 @@ def _fetch_one(item: VisionItem, image_patch_size: int, return_video_metadata: b
         raise exc.with_position(item.position)
 
 
-def _cores() -> int:
-    """CPUs this process may run on (affinity-aware where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _workers(count: int, io_bound: bool = True) -> int:
-    """Pool size: decoding and resizing are CPU-bound (Pillow and FFmpeg release the GIL), so
-    more threads than cores only add page-fault contention; downloads overlap their waiting."""
-    limit = _cores() + 2 if io_bound else _cores()
-    return max(1, min(count, MAX_FETCH_WORKERS, limit))
-
-
-def _is_remote(item: Any) -> bool:
-    element = getattr(item, "element", None)
-    if not isinstance(element, dict):
-        return True
-    value = next((element[k] for k in ("image", "image_url", "video", "video_url") if k in element), None)
-    if isinstance(value, dict):
-        value = value.get("url")
-    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
-
-
-def run_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """``[fn(item) for item in items]`` in a bounded thread pool, results in input order.
-
-    Each task runs in a copy of the caller's context, so a ``vlutils.policy.use(...)`` block
-    (a contextvar) reaches the worker threads. As soon as one item fails, the earliest (in
-    input order) of the items that have failed by then raises: siblings still downloading are not waited for (each is bounded by its own
-    timeouts and ends in the background) and queued ones are cancelled.
-    """
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    io_bound = any(_is_remote(item) for item in items)
-    pool = ThreadPoolExecutor(max_workers=_workers(len(items), io_bound), thread_name_prefix="vlutils-fetch")
-    try:
-        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            if future in done and future.exception() is not None:
-                raise future.exception()
-        return [future.result() for future in futures]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+def _downloads(items: Sequence[VisionItem]) -> bool:
+    """Whether any item is an http(s) URL (the pool then overlaps network waits)."""
+    for item in items:
+        try:
+            value = item_source(item.element, "video" if item.is_video else "image")
+        except VisionInputError:
+            continue  # reported by _fetch_one, in order
+        if is_url(value):
+            return True
+    return False
 
 
 def process_vision_info(
@@ -112,7 +69,9 @@ def process_vision_info(
     check_number("image_patch_size", image_patch_size, integer=True)
     items = iter_vision_items(conversations)
     _policy.check_item_count(len(items))  # safe mode: bounded work per call
-    results = run_parallel(lambda item: _fetch_one(item, image_patch_size, return_video_metadata), items)
+    results = run_parallel(
+        lambda item: _fetch_one(item, image_patch_size, return_video_metadata), items, io_bound=_downloads(items)
+    )
 
     image_inputs = [value for kind, value, _ in results if kind == "image"] or None
     video_inputs = [value for kind, value, _ in results if kind == "video"] or None

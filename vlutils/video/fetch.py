@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from .. import policy as _policy
-from ..errors import InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
+from ..errors import describe_source, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
+from ..messages import item_source
 from ..resize import check_number
 from ..sources import FetchSettings, local_file
 from .backends import get_video_reader_backend, resolve_backend
@@ -49,16 +50,7 @@ def video_source(ele: dict[str, Any]) -> Any:
     """The video value of an item: ``video``, or ``video_url`` as a string or ``{"url": ...}``."""
     if not isinstance(ele, dict):
         raise InvalidMessageError(f"content item must be a dict, got {type(ele).__name__}", ele)
-    if "video" in ele:
-        value = ele["video"]
-    elif "video_url" in ele:
-        value = ele["video_url"]
-        if isinstance(value, dict):
-            if "url" not in value:
-                raise InvalidMessageError("video_url object has no 'url' field", value)
-            value = value["url"]
-    else:
-        raise InvalidMessageError("content item has no 'video' or 'video_url' field", ele)
+    value = item_source(ele, "video")
     if value is None:
         raise InvalidMessageError("video is None", value)
     return value
@@ -256,8 +248,6 @@ def _suffix(value: Any) -> str:
 
 
 def _short_label(value: Any) -> str:
-    from ..errors import describe_source  # noqa: PLC0415
-
     return describe_source(value, 80)
 
 

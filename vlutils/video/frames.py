@@ -7,39 +7,33 @@ even length with the last frame, and the stack is then resized as a video.
 
 from __future__ import annotations
 
-import contextvars
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..constants import FRAME_FACTOR, MAX_NUM_WORKERS_FETCH_VIDEO, SPATIAL_MERGE_SIZE
+from ..constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
 from ..errors import InvalidMessageError, VisionInputError
+from ..image import fetch_image
+from ..pool import is_url, run_parallel
 from ..resize import ceil_by_factor
 
 
 def load_frame_list(ele: dict[str, Any], frames: list | tuple, image_patch_size: int) -> tuple[torch.Tensor, dict, float]:
     """``(uint8 TCHW tensor, metadata, sample_fps)`` for a list of frames."""
-    from ..image import fetch_image  # noqa: PLC0415 - avoids a cycle at import time
-
     if len(frames) == 0:
         raise InvalidMessageError("the video frame list is empty", ele.get("video"))
     image_factor = image_patch_size * SPATIAL_MERGE_SIZE
     info = {k: v for k, v in ele.items() if k not in ("type", "video", "video_url")}
-    workers = min(MAX_NUM_WORKERS_FETCH_VIDEO, len(frames))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # copy_context: a `vlutils.policy.use(...)` block must reach these threads too
-        futures = [
-            pool.submit(contextvars.copy_context().run, fetch_image, {"image": frame, **info}, image_factor)
-            for frame in frames
-        ]
-        images = []
-        for position, future in enumerate(futures):
-            try:
-                images.append(future.result())
-            except VisionInputError as exc:
-                raise type(exc)(f"frame {position} of {len(frames)}: {exc.reason}", exc.source) from None
+
+    def fetch_frame(numbered: tuple[int, Any]) -> Any:
+        position, frame = numbered
+        try:
+            return fetch_image({"image": frame, **info}, image_factor)
+        except VisionInputError as exc:
+            raise type(exc)(f"frame {position} of {len(frames)}: {exc.reason}", exc.source) from None
+
+    images = run_parallel(fetch_frame, list(enumerate(frames)), io_bound=any(map(is_url, frames)))
     sizes = {image.size for image in images}
     if len(sizes) > 1:
         raise InvalidMessageError(
