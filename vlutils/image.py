@@ -90,16 +90,18 @@ def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:
     return image
 
 
-# A lazily opened PIL image (Image.open without load) decodes on first use, and that is
-# not thread-safe: the same object in several items of one message, fetched in parallel,
-# fails with random OSError/AssertionError. Loads of in-memory images are serialised.
-_LAZY_LOAD_LOCK = threading.Lock()
+def _load_lock(image: Image.Image) -> threading.Lock:
+    """A lock of this image object's own. A lazily opened PIL image (Image.open without load)
+    decodes on first use, which is not thread-safe: the same object in several items of one
+    message, fetched in parallel, fails with random OSError/AssertionError. Different images
+    still decode in parallel. (dict.setdefault is atomic under the GIL.)"""
+    return image.__dict__.setdefault("_vlutils_load_lock", threading.Lock())
 
 
 def _from_object(obj: Any, original: Any) -> Image.Image:
     if isinstance(obj, Image.Image):
         try:
-            with _LAZY_LOAD_LOCK:
+            with _load_lock(obj):
                 obj.load()  # a no-op for images already in memory
         except (OSError, ValueError, SyntaxError, EOFError) as exc:  # e.g. a truncated lazily opened file
             raise DecodeError(f"cannot decode image: {exc}", original) from None
