@@ -192,6 +192,24 @@ def test_gzip_bomb_is_capped_after_decompression(server):
     fetch(url, SizeLimitError, "byte limit", budget=SLACK)
 
 
+def test_gzip_body_larger_than_the_image_is_not_truncation(server):
+    """Content-Length counts the encoded bytes: a gzip body slightly larger than the image it
+    holds (stored, or an incompressible JPEG) is complete, not truncated."""
+    png = png_bytes((300, 200))
+    body = gzip.compress(png, compresslevel=0)
+    assert len(body) > len(png)
+    url = server.route("/stored-gzip", answer(body=body, content_type="image/png", headers={"Content-Encoding": "gzip"}))
+    images, _ = vlutils.process_vision_info([{"role": "user", "content": [{"image": url}]}])
+    assert images[0].size == vlutils.fetch_image({"image": png}).size
+
+
+def test_truncated_gzip_body(server):
+    body = gzip.compress(png_bytes((300, 200)), compresslevel=0)
+    url = server.route("/trunc-gzip", answer(body=body[: len(body) // 2], content_type="image/png",
+                                            content_length=len(body), headers={"Content-Encoding": "gzip"}))
+    fetch(url, FetchError, "truncated", budget=SLACK)
+
+
 def test_truncated_body(server):
     png = png_bytes((300, 200))
     url = server.route("/trunc", answer(body=png[: len(png) // 2], content_type="image/png", content_length=len(png)))

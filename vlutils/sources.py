@@ -231,7 +231,10 @@ def _read_body(response: requests.Response, dest: BinaryIO, settings: FetchSetti
         raise FetchTimeoutError(f"body stalled for more than {settings.read_timeout}s", url) from None
     except urllib3.exceptions.DecodeError as exc:
         raise FetchError(f"bad Content-Encoding: {_short(exc)}", url) from None
-    if declared is not None and declared.isdigit() and written < int(declared):
+    encoded = response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    if declared is not None and declared.isdigit() and not encoded and written < int(declared):
+        # Content-Length counts the bytes on the wire: only an unencoded body can be compared
+        # (urllib3 itself notices a short gzip stream)
         raise FetchError(f"truncated body: got {written} of {declared} bytes", url)
     return written
 
