@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -28,10 +26,10 @@ import numpy as np
 import torch
 
 from .errors import InvalidOptionError, VisionInputError
+from .pool import run_parallel
 
 __all__ = ["VisionPreset", "PRESETS", "get_preset", "patchify", "patchify_image", "patchify_video"]
 
-_MAX_THREADS = 8
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -148,13 +146,7 @@ def _patchify_many(
     pixel_values = torch.empty(int(rows.sum()), dim, dtype=torch.float32)
     ends = torch.cumsum(rows, 0).tolist()
     slices = [pixel_values[end - n : end] for end, n in zip(ends, rows.tolist())]
-    workers = min(len(frame_stacks), os.cpu_count() or 1, _MAX_THREADS)
-    if workers <= 1:
-        for frames, target in zip(frame_stacks, slices):
-            _write_patches(frames, preset, target)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(lambda job: _write_patches(job[0], preset, job[1]), zip(frame_stacks, slices)))
+    run_parallel(lambda job: _write_patches(job[0], preset, job[1]), list(zip(frame_stacks, slices)))
     return pixel_values, grids
 
 
