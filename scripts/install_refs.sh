@@ -24,7 +24,9 @@ have() {  # have <target> <version>: is transformers==<version> already there?
         grep -q "__version__ = \"$version\"" "$target/transformers/__init__.py"
 }
 
-pipi() { "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location "$@"; }
+# --no-warn-conflicts: pip would otherwise compare each --target folder with the venv's own
+# transformers 4.57.6 pins and print ERROR lines about packages that never meet at run time.
+pipi() { "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-warn-conflicts "$@"; }
 
 # transformers 4.51.3 pins tokenizers<0.22; huggingface_hub and safetensors from the venv fit.
 if ! have "$REFS/tf451" 4.51.3; then
