@@ -54,6 +54,7 @@ _LAZY = {
     "rope": ("get_rope_index", "decode_position_ids"),
     "processor": ("patchify", "patchify_image", "patchify_video", "get_preset", "VisionPreset", "PRESETS"),
     "chat": ("format_chat", "expand_placeholders"),
+    "grounding": ("grounding",),  # the module itself: vlutils.grounding.parse(...)
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 __all__ += list(_LAZY_NAMES)
@@ -65,7 +66,8 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'vlutils' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    imported = importlib.import_module(f"{__name__}.{module}")
+    value = imported if name == module else getattr(imported, name)
     globals()[name] = value
     return value
 

@@ -1,0 +1,225 @@
+"""Read boxes and points out of whatever a Qwen-VL model printed, never raising on any string.
+
+Recognised everywhere, in text order (coordinates are kept exactly as written, in the model's
+own frame; reversed corners are kept too, ``to_image`` orders them):
+
+- JSON objects with ``bbox_2d`` (4 numbers, or two [x, y] pairs) or ``point_2d`` (2 numbers),
+  anywhere in the text: inside code fences or prose, several blocks, wrapped in other objects,
+  or in a list cut off by ``max_new_tokens`` (every complete object is kept). ``label`` becomes
+  the label (None when absent); other keys go to ``extra``. An object whose numbers are not
+  finite numbers is skipped, the others are kept.
+- Qwen-VL ``<ref>label</ref><box>(x1,y1),(x2,y2)</box>`` and Qwen2-VL
+  ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``:
+  every box that follows a reference on the same line (only spaces or commas between) gets
+  its label; a box tag holding one (x,y) pair is a point (UI-TARS clicks); one holding 2k
+  pairs is k boxes.
+- Qwen2.5-VL XML points ``<points x1="..." y1="..." alt="label">phrase</points>``.
+- For ``qwen_vl`` / ``qwen2_vl`` only, and only when nothing above matched: bare
+  ``(x1,y1),(x2,y2)`` pairs, which is what is left after decoding with
+  ``skip_special_tokens=True`` (label None).
+
+Reasoning models: only the text after the last ``</think>`` is read; an unfinished ``<think>``
+block (no closing tag) is ignored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import re
+from typing import Any
+
+from .conventions import get_convention
+
+logger = logging.getLogger(__name__)
+
+_NUM = r"[-+]?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?"
+_NUM_RE = re.compile(_NUM)
+_TAG_RE = re.compile(
+    r"<ref>(?P<ref>.{0,1000}?)</ref>"
+    r"|<\|object_ref_start\|>(?P<ref2>.{0,1000}?)<\|object_ref_end\|>"
+    r"|<box>(?P<box>[^<]{0,1000}?)</box>"
+    r"|<\|box_start\|>(?P<box2>[^<]{0,1000}?)<\|box_end\|>",
+    re.S,
+)
+_GAP_RE = re.compile(r"[ \t,;，；、]*")
+_POINTS_RE = re.compile(r"<points\b(?P<attrs>[^<>]{0,2000})>(?P<phrase>[^<]{0,1000})</points>")
+_ATTR_RE = re.compile(r"""([A-Za-z_][\w-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_BARE_BOX_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
+_BOX_CONTENT_RE = re.compile(r"[\s\d.,()\[\]eE+\-]*")
+_SEPARATORS_RE = re.compile(r"[\s,()\[\]]+")
+_DECODER = json.JSONDecoder()
+_MAX_DEPTH = 16
+
+
+def parse(text: Any, model_type: str) -> list[dict]:
+    """Objects in ``text``: dicts with ``label`` (str or None) and ``box`` (x1, y1, x2, y2) or
+    ``point`` (x, y) in the model's own coordinates, plus ``extra`` (other JSON keys) when any.
+
+    ``model_type`` is checked (unknown -> ``InvalidOptionError``); any string gives a list,
+    possibly empty. Bytes are decoded as UTF-8.
+    """
+    conv = get_convention(model_type)
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        from ..errors import InvalidOptionError
+
+        raise InvalidOptionError(f"text must be a string, got {type(text).__name__}")
+    try:
+        return _parse(_final_answer(text), conv.model_type)
+    except Exception:  # the promise is "never raises on any string": log a bug, return nothing
+        logger.exception("grounding.parse failed on a %d-character text", len(text))
+        return []
+
+
+def _final_answer(text: str) -> str:
+    if "</think>" in text:
+        return text.rsplit("</think>", 1)[1]
+    if "<think>" in text:
+        return text.split("<think>", 1)[0]
+    return text
+
+
+def _parse(text: str, model_type: str) -> list[dict]:
+    found, spans = _json_objects(text)
+    found += _tag_objects(text, spans)
+    found += _xml_points(text, spans)
+    if not found and model_type in ("qwen_vl", "qwen2_vl"):
+        found = [(m.start(), _make("box", m.groups(), None)) for m in _BARE_BOX_RE.finditer(text)]
+    found.sort(key=lambda item: item[0])
+    return [obj for _, obj in found if obj is not None]
+
+
+# ---------------------------------------------------------------- JSON
+def _json_objects(text: str) -> tuple[list, list]:
+    """Decode a JSON value at every '{' not inside an earlier decoded value."""
+    found, spans, end = [], [], 0
+    for match in re.finditer(r"\{", text):
+        start = match.start()
+        if start < end:
+            continue
+        try:
+            value, stop = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):  # JSONDecodeError, int too long, nested too deep
+            continue
+        spans.append((start, stop))
+        end = stop
+        found.extend((start, obj) for obj in _collect(value, 0))
+    return found, spans
+
+
+def _collect(value: Any, depth: int) -> list[dict]:
+    if depth > _MAX_DEPTH:
+        return []
+    if isinstance(value, list):
+        return [obj for item in value for obj in _collect(item, depth + 1)]
+    if not isinstance(value, dict):
+        return []
+    if "bbox_2d" in value or "point_2d" in value:
+        obj = _json_object(value)
+        return [obj] if obj is not None else []
+    return [obj for item in value.values() for obj in _collect(item, depth + 1)]
+
+
+def _json_object(value: dict) -> dict | None:
+    label = value.get("label")
+    label = None if label is None else label if isinstance(label, str) else json.dumps(label, ensure_ascii=False)
+    extra = {k: v for k, v in value.items() if k not in ("bbox_2d", "point_2d", "label")}
+    if "bbox_2d" in value:
+        obj = _make("box", _flatten(value["bbox_2d"]), label)
+    else:
+        obj = _make("point", _flatten(value["point_2d"]), label)
+    if obj is not None and extra:
+        obj["extra"] = extra
+    return obj
+
+
+def _flatten(value: Any) -> Any:
+    """[[x1, y1], [x2, y2]] -> [x1, y1, x2, y2]; anything else unchanged."""
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return [x for pair in value for x in pair]
+    return value
+
+
+# ---------------------------------------------------------------- tags
+def _tag_objects(text: str, spans: list) -> list:
+    found, label, label_end = [], None, None
+    for match in _TAG_RE.finditer(text):
+        if _inside(match.start(), spans):
+            continue
+        ref = match.group("ref") if match.group("ref") is not None else match.group("ref2")
+        if ref is not None:
+            label, label_end = ref.strip(), match.end()
+            continue
+        content = match.group("box") if match.group("box") is not None else match.group("box2")
+        follows = label_end is not None and _GAP_RE.fullmatch(text, label_end, match.start()) is not None
+        box_label = label if follows else None
+        label_end = match.end() if follows else None
+        found.extend((match.start(), obj) for obj in _box_content(content, box_label))
+    return found
+
+
+def _box_content(content: str, label: str | None) -> list[dict]:
+    """"(x1,y1),(x2,y2)" -> one box; "(x,y)" -> a point; 2k pairs -> k boxes; else nothing."""
+    if not _BOX_CONTENT_RE.fullmatch(content):
+        return []
+    tokens = [t for t in _SEPARATORS_RE.split(content) if t]
+    if not tokens or not all(_NUM_RE.fullmatch(t) for t in tokens):
+        return []
+    if len(tokens) == 2:
+        return [o for o in [_make("point", tokens, label)] if o is not None]
+    if len(tokens) % 4:
+        return []
+    objs = [_make("box", tokens[i:i + 4], label) for i in range(0, len(tokens), 4)]
+    return [o for o in objs if o is not None]
+
+
+def _xml_points(text: str, spans: list) -> list:
+    found = []
+    for match in _POINTS_RE.finditer(text):
+        if _inside(match.start(), spans):
+            continue
+        attrs = {m.group(1): m.group(2) if m.group(2) is not None else m.group(3)
+                 for m in _ATTR_RE.finditer(match.group("attrs"))}
+        phrase = match.group("phrase").strip()
+        label = attrs.get("alt") or phrase or None
+        i = 1
+        while f"x{i}" in attrs and f"y{i}" in attrs:
+            obj = _make("point", [attrs[f"x{i}"].strip(), attrs[f"y{i}"].strip()], label)
+            if obj is not None:
+                found.append((match.start(), obj))
+            i += 1
+    return found
+
+
+def _inside(position: int, spans: list) -> bool:
+    """Whether ``position`` lies in one of the sorted, disjoint (start, stop) ``spans``."""
+    i = bisect.bisect_right(spans, (position, math.inf)) - 1
+    return i >= 0 and spans[i][0] <= position < spans[i][1]
+
+
+# ---------------------------------------------------------------- numbers
+def _make(kind: str, values: Any, label: str | None) -> dict | None:
+    """{"label", kind: tuple} when ``values`` are the right count of finite numbers, else None."""
+    count = 4 if kind == "box" else 2
+    if not isinstance(values, (list, tuple)) or len(values) != count:
+        return None
+    numbers = [_number(v) for v in values]
+    if any(n is None for n in numbers):
+        return None
+    return {"label": label, kind: tuple(numbers)}
+
+
+def _number(value: Any) -> int | float | None:
+    if isinstance(value, str):
+        if not _NUM_RE.fullmatch(value):
+            return None
+        value = float(value) if any(c in value for c in ".eE") else int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) < 10**30 else None
+    return value if math.isfinite(value) else None
