@@ -14,9 +14,9 @@ own frame; reversed corners are kept too, ``to_image`` orders them):
   its label; a box tag holding one (x,y) pair is a point (UI-TARS clicks); one holding 2k
   pairs is k boxes.
 - Qwen2.5-VL XML points ``<points x1="..." y1="..." alt="label">phrase</points>``.
-- For ``qwen_vl`` / ``qwen2_vl`` only, and only when nothing above matched: bare
-  ``(x1,y1),(x2,y2)`` pairs, which is what is left after decoding with
-  ``skip_special_tokens=True`` (label None).
+- For ``qwen_vl`` / ``qwen2_vl`` only, when the text has no box tag at all: bare
+  ``(x1,y1),(x2,y2)`` pairs, which is what is left after decoding Qwen2-VL's answer with
+  ``skip_special_tokens=True`` (label None). A box tag cut off before its end is dropped.
 
 Reasoning models: only the text after the last ``</think>`` is read; an unfinished ``<think>``
 block (no closing tag) is ignored.
@@ -38,11 +38,10 @@ logger = logging.getLogger(__name__)
 _NUM = r"[-+]?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?"
 _NUM_RE = re.compile(_NUM)
 _TAG_RE = re.compile(
-    r"<ref>(?P<ref>.{0,1000}?)</ref>"
-    r"|<\|object_ref_start\|>(?P<ref2>.{0,1000}?)<\|object_ref_end\|>"
-    r"|<box>(?P<box>[^<]{0,1000}?)</box>"
-    r"|<\|box_start\|>(?P<box2>[^<]{0,1000}?)<\|box_end\|>",
-    re.S,
+    r"<ref>(?P<ref>[^<]{0,500})</ref>"
+    r"|<\|object_ref_start\|>(?P<ref2>[^<]{0,500})<\|object_ref_end\|>"
+    r"|<box>(?P<box>[^<]{0,1000})</box>"
+    r"|<\|box_start\|>(?P<box2>[^<]{0,1000})<\|box_end\|>",
 )
 _GAP_RE = re.compile(r"[ \t,;，；、]*")
 _POINTS_RE = re.compile(r"<points\b(?P<attrs>[^<>]{0,2000})>(?P<phrase>[^<]{0,1000})</points>")
@@ -51,6 +50,9 @@ _BARE_BOX_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NU
 _BOX_CONTENT_RE = re.compile(r"[\s\d.,()\[\]eE+\-]*")
 _SEPARATORS_RE = re.compile(r"[\s,()\[\]]+")
 _DECODER = json.JSONDecoder()
+_OBJECT_START_RE = re.compile(r'\{(?=\s*["}])')
+_WINDOW = 8192
+_MAX_FAILURES = 2000  # real answers have a handful; a text made of '{"' must not take minutes
 _MAX_DEPTH = 16
 
 
@@ -87,7 +89,7 @@ def _parse(text: str, model_type: str) -> list[dict]:
     found, spans = _json_objects(text)
     found += _tag_objects(text, spans)
     found += _xml_points(text, spans)
-    if not found and model_type in ("qwen_vl", "qwen2_vl"):
+    if not found and model_type in ("qwen_vl", "qwen2_vl") and "<box>" not in text and "<|box_start|>" not in text:
         found = [(m.start(), _make("box", m.groups(), None)) for m in _BARE_BOX_RE.finditer(text)]
     found.sort(key=lambda item: item[0])
     return [obj for _, obj in found if obj is not None]
@@ -95,20 +97,44 @@ def _parse(text: str, model_type: str) -> list[dict]:
 
 # ---------------------------------------------------------------- JSON
 def _json_objects(text: str) -> tuple[list, list]:
-    """Decode a JSON value at every '{' not inside an earlier decoded value."""
-    found, spans, end = [], [], 0
-    for match in re.finditer(r"\{", text):
+    """Decode a JSON object at every '{' that can start one and is not inside an earlier one."""
+    found, spans, end, failures = [], [], 0, 0
+    for match in _OBJECT_START_RE.finditer(text):
         start = match.start()
         if start < end:
             continue
-        try:
-            value, stop = _DECODER.raw_decode(text, start)
-        except (ValueError, RecursionError):  # JSONDecodeError, int too long, nested too deep
+        decoded = _decode_at(text, start)
+        if decoded is None:
+            failures += 1
+            if failures > _MAX_FAILURES:
+                logger.warning("grounding.parse: gave up looking for JSON after %d undecodable objects "
+                               "(the rest of the %d-character text from position %d is not read as JSON)",
+                               failures, len(text), start)
+                break
             continue
-        spans.append((start, stop))
-        end = stop
+        value, end = decoded
+        spans.append((start, end))
         found.extend((start, obj) for obj in _collect(value, 0))
     return found, spans
+
+
+def _decode_at(text: str, start: int) -> tuple[Any, int] | None:
+    """``raw_decode`` on a window from ``start``, widened only while the failure may be the
+    window's own cut: a JSON error costs time in proportion to its position in the string
+    decoded, so decoding the whole text at every '{' would be quadratic."""
+    size = _WINDOW
+    while True:
+        window = text[start:start + size]
+        try:
+            value, stop = _DECODER.raw_decode(window)
+            return value, start + stop
+        except json.JSONDecodeError as exc:
+            cut_by_window = start + size < len(text)
+            if not cut_by_window or not (exc.msg.startswith("Unterminated string") or exc.pos >= len(window) - 16):
+                return None
+            size *= 4
+        except (ValueError, RecursionError):  # int too long to convert, nested too deep
+            return None
 
 
 def _collect(value: Any, depth: int) -> list[dict]:
