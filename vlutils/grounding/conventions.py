@@ -125,8 +125,9 @@ def to_image(
     out = []
     for i, obj in enumerate(objects):
         kind, values = _geometry(obj, i)
-        # v * W / 1000 equals the cookbooks' v / 1000 * W, with one rounding instead of two
-        pixels = [v * (width if j % 2 == 0 else height) / (fw if j % 2 == 0 else fh) for j, v in enumerate(values)]
+        # the cookbooks' own expression, v / 1000 * W (not v * W / 1000), so that their int()
+        # of the same float is never a whole pixel away
+        pixels = [v / (fw if j % 2 == 0 else fh) * (width if j % 2 == 0 else height) for j, v in enumerate(values)]
         if clip:
             pixels = [min(max(p, 0.0), width if j % 2 == 0 else height) for j, p in enumerate(pixels)]
         out.append(_with(obj, kind, _ordered(kind, pixels)))
