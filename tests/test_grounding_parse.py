@@ -61,7 +61,9 @@ CORPUS = [
     ("qwen2_5_vl", '[{"bbox_2d": [10, 20, 30, 40], "label": "x"}, {"bbox_2d": [50, 60, 70, 80], "label": "unfinish',
      [B("x", 10, 20, 30, 40)]),
     ("qwen2_5_vl", '{"bbox_2d": [10.5, 20.25, 30, 40], "label": "floaty", "text_content": "SALE", "score": 0.9}',
-     [B("floaty", 10.5, 20.25, 30, 40, text_content="SALE", score=0.9)]),
+     [B("floaty", 10.5, 20.25, 30, 40)]),
+    ("qwen2_5_vl", "[{'bbox_2d': [1, 2, 3, 4], 'label': 'single'}, {'point_2d': [5, 6], 'label': 'quotes'}]",
+     [B("single", 1, 2, 3, 4), P("quotes", 5, 6)]),
     ("qwen2_5_vl", '[{"bbox_2d": [10, 20, 30], "label": "three"}, {"bbox_2d": [1, 2, "3x", 4], "label": "str"}, '
      '{"bbox_2d": [1, 2, 3, 4, 5]}, {"bbox_2d": [1, 2, 3, true]}, {"bbox_2d": [1e999, 2, 3, 4]}, '
      '{"bbox_2d": [1, 2, 3, 4]}]', [B(None, 1, 2, 3, 4)]),
@@ -169,6 +171,15 @@ def test_pathological_inputs_are_fast(caplog):
     # a long real answer is read completely, however many objects it has
     objs = [B(f"item {i}", i, i + 1, i + 2, i + 3) for i in range(3000)]
     assert grounding.parse(grounding.format(objs, "qwen3_vl"), "qwen3_vl") == objs
+
+
+def test_extra_keys_on_request_and_back_into_labels():
+    text = '[{"bbox_2d": [10, 20, 30, 40], "text_content": "SALE", "score": 0.9}, {"point_2d": [1, 2], "label": "p"}]'
+    objs = grounding.parse(text, "qwen2_5_vl", keep_extra=True)
+    assert objs == [B(None, 10, 20, 30, 40, text_content="SALE", score=0.9), P("p", 1, 2)]
+    assert grounding.parse(grounding.format(objs, "qwen2_5_vl"), "qwen2_5_vl", keep_extra=True) == objs
+    assert grounding.to_image(objs, "qwen2_5_vl", (100, 100), (200, 200))[0]["extra"] == {"text_content": "SALE",
+                                                                                        "score": 0.9}
 
 
 def test_non_string_and_unknown_type():

@@ -55,7 +55,7 @@ def get_convention(model_type: Any) -> Convention:
 
 def _check_size(name: str, size: Any) -> tuple[float, float]:
     """A (width, height) pair of positive finite numbers."""
-    ok = isinstance(size, (tuple, list)) and len(size) == 2
+    ok = hasattr(size, "__len__") and not isinstance(size, (str, bytes)) and len(size) == 2
     if ok:
         ok = all(_is_number(v) and v > 0 for v in size)
     if not ok:

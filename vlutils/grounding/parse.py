@@ -5,8 +5,10 @@ own frame; reversed corners are kept too, ``to_image`` orders them):
 
 - JSON objects with ``bbox_2d`` (4 numbers, or two [x, y] pairs) or ``point_2d`` (2 numbers),
   anywhere in the text: inside code fences or prose, several blocks, wrapped in other objects,
-  or in a list cut off by ``max_new_tokens`` (every complete object is kept). ``label`` becomes
-  the label (None when absent); other keys go to ``extra``. An object whose numbers are not
+  or in a list cut off by ``max_new_tokens`` (every complete object is kept); Python-literal
+  quoting (``{'bbox_2d': ...}``, read by the cookbooks' ``ast.literal_eval``) too. ``label`` becomes
+  the label (None when absent); other keys are dropped (kept in ``extra`` with
+  ``keep_extra=True``, e.g. Qwen2.5-VL's ``text_content``). An object whose numbers are not
   finite numbers is skipped, the others are kept.
 - Qwen-VL ``<ref>label</ref><box>(x1,y1),(x2,y2)</box>`` and Qwen2-VL
   ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``:
@@ -56,9 +58,10 @@ _MAX_FAILURES = 2000  # real answers have a handful; a text made of '{"' must no
 _MAX_DEPTH = 16
 
 
-def parse(text: Any, model_type: str) -> list[dict]:
+def parse(text: Any, model_type: str, *, keep_extra: bool = False) -> list[dict]:
     """Objects in ``text``: dicts with ``label`` (str or None) and ``box`` (x1, y1, x2, y2) or
-    ``point`` (x, y) in the model's own coordinates, plus ``extra`` (other JSON keys) when any.
+    ``point`` (x, y) in the model's own coordinates; with ``keep_extra``, also ``extra`` (the
+    object's other JSON keys) when it has any.
 
     ``model_type`` is checked (unknown -> ``InvalidOptionError``); any string gives a list,
     possibly empty. Bytes are decoded as UTF-8.
@@ -71,10 +74,14 @@ def parse(text: Any, model_type: str) -> list[dict]:
 
         raise InvalidOptionError(f"text must be a string, got {type(text).__name__}")
     try:
-        return _parse(_final_answer(text), conv.model_type)
+        objects = _parse(_final_answer(text), conv.model_type)
     except Exception:  # the promise is "never raises on any string": log a bug, return nothing
         logger.exception("grounding.parse failed on a %d-character text", len(text))
         return []
+    if not keep_extra:
+        for obj in objects:
+            obj.pop("extra", None)
+    return objects
 
 
 def _final_answer(text: str) -> str:
@@ -87,6 +94,8 @@ def _final_answer(text: str) -> str:
 
 def _parse(text: str, model_type: str) -> list[dict]:
     found, spans = _json_objects(text)
+    if not found and ("'bbox_2d'" in text or "'point_2d'" in text):  # a Python-literal answer
+        found, spans = _json_objects(text.replace("'", '"'))  # same length: positions still hold
     found += _tag_objects(text, spans)
     found += _xml_points(text, spans)
     if not found and model_type in ("qwen_vl", "qwen2_vl") and "<box>" not in text and "<|box_start|>" not in text:
