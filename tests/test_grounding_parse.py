@@ -6,6 +6,8 @@ and issue threads); expected objects are written out by hand.
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -108,6 +110,37 @@ def test_every_cut_keeps_exactly_the_complete_objects(model_type):
         assert len(got) >= len(previous)
         previous = got
     assert previous == objs
+
+
+def cookbook_parse(text: str) -> list:
+    """The Qwen2.5-VL / Qwen3-VL cookbooks' reading of an answer, restated: strip the first
+    ```json fence, ``ast.literal_eval``, and on failure cut after the last '"}' and close with ']'."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line == "```json":
+            text = "\n".join(lines[i + 1:]).split("```")[0]
+            break
+    try:
+        data = ast.literal_eval(text)
+    except Exception:
+        data = ast.literal_eval(text[:text.rfind('"}') + len('"}')] + "]")
+    return data if isinstance(data, list) else [data]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+def test_agrees_with_the_cookbook_reader_wherever_it_reads(model_type):
+    objs = [B("dog", 10, 20, 300, 400), P("ball", 5, 6), B("a cat", 700, 800, 900, 999), B("cake", 1, 2, 3, 4)]
+    text = grounding.format(objs, model_type)
+    agreed = 0
+    for cut in range(len(text) + 1):
+        try:
+            theirs = cookbook_parse(text[:cut])
+        except Exception:
+            continue
+        expected = [P(o["label"], *o["point_2d"]) if "point_2d" in o else B(o["label"], *o["bbox_2d"]) for o in theirs]
+        assert grounding.parse(text[:cut], model_type) == expected, text[:cut]
+        agreed += 1
+    assert agreed > len(text) // 2
 
 
 labels = st.one_of(st.none(), st.text(st.characters(blacklist_characters="<>\n\r", blacklist_categories=("Cs",)),
