@@ -189,3 +189,26 @@ def test_bad_arguments_raise_typed_errors():
     for spelling in ("Qwen2.5-VL", "qwen2-5-vl", " QWEN2_5_VL "):
         assert grounding.get_convention(spelling).model_type == "qwen2_5_vl"
     assert grounding.get_convention("Qwen3.5").model_type == "qwen3_5"
+
+
+def test_lazy_module_export():
+    """``import vlutils`` does not load grounding; ``vlutils.grounding`` and the import statement do."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, vlutils\n"
+        "assert 'vlutils.grounding' not in sys.modules\n"
+        "g = vlutils.grounding\n"
+        "import vlutils.grounding as g2\n"
+        "from vlutils import grounding as g3\n"
+        "assert g is g2 is g3 and 'grounding' in dir(vlutils) and 'grounding' in vlutils.__all__\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(g.parse('[{\"bbox_2d\": [1, 2, 3, 4]}]', 'qwen3_vl'))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[{'label': None, 'box': (1, 2, 3, 4)}]"
