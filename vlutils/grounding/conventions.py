@@ -153,7 +153,8 @@ def to_model(
         for j, v in enumerate(values):
             side, frame = (width, fw) if j % 2 == 0 else (height, fh)
             top = conv.max_value if conv.max_value is not None else int(frame) - 1
-            model.append(min(max(round(v / side * frame), 0), top))
+            scaled = min(max(v / side * frame, -1.0), top + 1.0)  # clamp first: round(inf) raises
+            model.append(min(max(round(scaled), 0), top))
         out.append(_with(obj, kind, _ordered(kind, model)))
     return out
 
