@@ -184,6 +184,8 @@ def test_bad_arguments_raise_typed_errors():
         grounding.to_model([{"box": (1, 2, 3)}], "qwen3_vl", (100, 100))
     with pytest.raises(InvalidOptionError, match="object 0"):
         grounding.to_image([{"point": (1, float("nan"))}], "qwen3_vl", (100, 100))
+    with pytest.raises(InvalidOptionError, match="both"):
+        grounding.to_image([{"box": (1, 2, 3, 4), "point": (1, 2)}], "qwen3_vl", (100, 100))
     with pytest.raises(InvalidOptionError, match="image_grid_thw"):
         grounding.resized_size_from_grid([[1, 2, 3]], index=1)
     for spelling in ("Qwen2.5-VL", "qwen2-5-vl", " QWEN2_5_VL "):

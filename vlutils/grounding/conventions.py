@@ -39,7 +39,7 @@ CONVENTIONS = {
     "qwen3_5": Convention("qwen3_5", "json", 1000, 1000),
 }
 MODEL_TYPES = tuple(CONVENTIONS)
-_ALIASES = {"qwen": "qwen_vl", "qwen3_vl_moe": "qwen3_vl", "qwen3_5_moe": "qwen3_5", "qwen2_5_omni": "qwen2_5_vl"}
+_ALIASES = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5_moe": "qwen3_5"}  # transformers' model_type names
 
 
 def get_convention(model_type: Any) -> Convention:
@@ -85,6 +85,8 @@ def _frame(conv: Convention, image_size: Any, resized_size: Any) -> tuple[float,
 def _geometry(obj: Any, index: int) -> tuple[str, list[float]]:
     """("box", [x1, y1, x2, y2]) or ("point", [x, y]) of one object, validated."""
     if isinstance(obj, Mapping):
+        if obj.get("box") is not None and obj.get("point") is not None:
+            raise InvalidOptionError(f"object {index}: has both 'box' and 'point'; give one per object")
         for key, count in (("box", 4), ("point", 2)):
             value = obj.get(key)
             if value is None:
