@@ -82,7 +82,7 @@ def _frame(conv: Convention, image_size: Any, resized_size: Any) -> tuple[float,
     return width, height, rw, rh
 
 
-def _geometry(obj: Any, index: int) -> tuple[str, list[float]]:
+def object_geometry(obj: Any, index: int) -> tuple[str, list[float]]:
     """("box", [x1, y1, x2, y2]) or ("point", [x, y]) of one object, validated."""
     if isinstance(obj, Mapping):
         if obj.get("box") is not None and obj.get("point") is not None:
@@ -126,7 +126,7 @@ def to_image(
     width, height, fw, fh = _frame(conv, image_size, resized_size)
     out = []
     for i, obj in enumerate(objects):
-        kind, values = _geometry(obj, i)
+        kind, values = object_geometry(obj, i)
         # the cookbooks' own expression, v / 1000 * W (not v * W / 1000), so that their int()
         # of the same float is never a whole pixel away
         pixels = [v / (fw if j % 2 == 0 else fh) * (width if j % 2 == 0 else height) for j, v in enumerate(values)]
@@ -150,7 +150,7 @@ def to_model(
     width, height, fw, fh = _frame(conv, image_size, resized_size)
     out = []
     for i, obj in enumerate(objects):
-        kind, values = _geometry(obj, i)
+        kind, values = object_geometry(obj, i)
         model = []
         for j, v in enumerate(values):
             side, frame = (width, fw) if j % 2 == 0 else (height, fh)

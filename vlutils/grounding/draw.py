@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import InvalidOptionError
-from .conventions import _geometry
+from .conventions import object_geometry
 
 # 16 well-separated saturated colours (after Sasha Trubetskoy's list of distinct colours).
 PALETTE = (
@@ -45,7 +45,7 @@ def draw(
     """
     if not isinstance(image, Image.Image):
         raise InvalidOptionError(f"image must be a PIL image, got {type(image).__name__}")
-    shapes = [(obj.get("label"),) + _geometry(obj, i) for i, obj in enumerate(objects)]
+    shapes = [(obj.get("label"),) + object_geometry(obj, i) for i, obj in enumerate(objects)]
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     out = image.convert("RGBA" if has_alpha else "RGB") if image.mode not in ("RGB", "RGBA") else image.copy()
     width, height = out.size

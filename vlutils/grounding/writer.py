@@ -7,13 +7,12 @@ gives back the same objects.
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidOptionError
-from .conventions import get_convention
+from .conventions import get_convention, object_geometry
 
 _TAGS = {
     "qwen_vl": ("<ref>", "</ref>", "<box>", "</box>"),
@@ -63,27 +62,14 @@ def _tags(items: list, tags: tuple[str, str, str, str]) -> str:
 
 def _item(obj: Any, index: int) -> tuple:
     """(label, kind, values, extra) of one object, validated."""
-    if not isinstance(obj, Mapping):
-        raise InvalidOptionError(f"object {index}: expected a dict, got {type(obj).__name__}")
+    kind, values = object_geometry(obj, index)
     label = obj.get("label")
     if label is not None and not isinstance(label, str):
         raise InvalidOptionError(f"object {index}: label must be a string or None, got {label!r}")
     extra = obj.get("extra") or {}
     if not isinstance(extra, Mapping):
         raise InvalidOptionError(f"object {index}: extra must be a dict, got {extra!r}")
-    for kind, count in (("box", 4), ("point", 2)):
-        values = obj.get(kind)
-        if values is None:
-            continue
-        values = list(values) if isinstance(values, (list, tuple)) else None
-        if values is None or len(values) != count or not all(_finite(v) for v in values):
-            raise InvalidOptionError(f"object {index}: {kind!r} must be {count} finite numbers, got {obj.get(kind)!r}")
-        return label, kind, [_plain(v) for v in values], dict(extra)
-    raise InvalidOptionError(f"object {index}: needs 'box' (x1, y1, x2, y2) or 'point' (x, y): {obj!r}")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return label, kind, [_plain(v) for v in values], dict(extra)
 
 
 def _plain(value: numbers.Real) -> int | float:
