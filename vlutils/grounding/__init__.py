@@ -39,8 +39,8 @@ Command line: ``python -m vlutils.grounding IMAGE --model-type T --answer TEXT -
 """
 
 from .conventions import CONVENTIONS, MODEL_TYPES, get_convention, quantisation_step, to_image, to_model
-from .draw import PALETTE, draw, label_color
-from .parse import parse
+from .drawing import PALETTE, draw, label_color
+from .parsing import parse
 from .sizes import model_input_size, resized_size_from_grid, upright_size
 from .writer import format  # noqa: A004 (the issue names it format)
 

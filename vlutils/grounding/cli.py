@@ -17,8 +17,8 @@ import sys
 from ..errors import VisionInputError
 from ..image import open_image
 from .conventions import MODEL_TYPES, get_convention, to_image
-from .draw import draw
-from .parse import parse
+from .drawing import draw
+from .parsing import parse
 from .sizes import model_input_size
 
 
