@@ -41,6 +41,8 @@ CORPUS = [
      [B("apples", 10, 20, 30, 40), B("apples", 50, 60, 70, 80), B("apples", 1, 2, 3, 4)]),
     ("qwen_vl", "<ref>a</ref><box>(10,20),(30,40)</box>\nThere is also <box>(5,6),(7,8)</box>",
      [B("a", 10, 20, 30, 40), B(None, 5, 6, 7, 8)]),
+    ("qwen_vl", "<ref>a</ref>\n<box>(10,20),(30,40)</box>\n<box>(5,6),(7,8)</box><ref> </ref><box>(1,2),(3,4)</box>",
+     [B("a", 10, 20, 30, 40), B("a", 5, 6, 7, 8), B(None, 1, 2, 3, 4)]),
     ("qwen_vl", "<box>(10,20),(3O,40)</box><ref>b</ref><box>(1,2),(3,4)</box>", [B("b", 1, 2, 3, 4)]),
     ("qwen_vl", "<ref>cut</ref><box>(10,20),(30,", []),
     # Qwen2-VL: special tokens kept, stripped (skip_special_tokens=True), several boxes, spaces
@@ -236,7 +238,7 @@ def test_non_string_and_unknown_type():
 def test_format_shapes():
     objs = [B("dog", 1, 2, 3, 4), B("dog", 5, 6, 7, 8), B(None, 9, 10, 11, 12), B("cat", 1.5, 2, 3, 4)]
     assert grounding.format(objs, "qwen_vl") == (
-        "<ref>dog</ref><box>(1,2),(3,4)</box><box>(5,6),(7,8)</box>\n<box>(9,10),(11,12)</box>"
+        "<ref>dog</ref><box>(1,2),(3,4)</box><box>(5,6),(7,8)</box><ref></ref><box>(9,10),(11,12)</box>"
         "<ref>cat</ref><box>(1.5,2),(3,4)</box>")
     assert grounding.format(objs[:1], "qwen2_vl") == (
         "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>")

@@ -12,8 +12,8 @@ own frame; reversed corners are kept too, ``to_image`` orders them):
   finite numbers is skipped, the others are kept.
 - Qwen-VL ``<ref>label</ref><box>(x1,y1),(x2,y2)</box>`` and Qwen2-VL
   ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``:
-  every box that follows a reference on the same line (only spaces or commas between) gets
-  its label; a box tag holding one (x,y) pair is a point (UI-TARS clicks); one holding 2k
+  every box that follows a reference with only spaces, newlines or commas between gets its
+  label (an empty reference gives None); a box tag holding one (x,y) pair is a point (UI-TARS clicks); one holding 2k
   pairs is k boxes.
 - Qwen2.5-VL XML points ``<points x1="..." y1="..." alt="label">phrase</points>``.
 - For ``qwen_vl`` / ``qwen2_vl`` only, when the text has no box tag at all: bare
@@ -45,7 +45,7 @@ _TAG_RE = re.compile(
     r"|<box>(?P<box>[^<]{0,1000})</box>"
     r"|<\|box_start\|>(?P<box2>[^<]{0,1000})<\|box_end\|>",
 )
-_GAP_RE = re.compile(r"[ \t,;，；、]*")
+_GAP_RE = re.compile(r"[\s,;，；、]*")
 _POINTS_RE = re.compile(r"<points\b(?P<attrs>[^<>]{0,2000})>(?P<phrase>[^<]{0,1000})</points>")
 _ATTR_RE = re.compile(r"""([A-Za-z_][\w-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 _BARE_BOX_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
@@ -187,7 +187,7 @@ def _tag_objects(text: str, spans: list) -> list:
             continue
         ref = match.group("ref") if match.group("ref") is not None else match.group("ref2")
         if ref is not None:
-            label, label_end = ref.strip(), match.end()
+            label, label_end = ref.strip() or None, match.end()
             continue
         content = match.group("box") if match.group("box") is not None else match.group("box2")
         follows = label_end is not None and _GAP_RE.fullmatch(text, label_end, match.start()) is not None

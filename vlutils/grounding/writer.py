@@ -25,7 +25,8 @@ def format(objects: Sequence[Mapping], model_type: str, *, fence: bool = True) -
 
     - ``qwen_vl`` / ``qwen2_vl``: ``<ref>label</ref><box>(x1,y1),(x2,y2)</box>`` (Qwen2-VL's
       special tokens instead), consecutive objects with the same label under one reference, as
-      Qwen-VL's ``from_list_format`` writes them. A point is written as a one-pair box
+      Qwen-VL's ``from_list_format`` writes them (an empty reference ends a run before an
+      unlabelled object). A point is written as a one-pair box
       ``(x,y)``: not an official Qwen convention (UI-TARS uses it); ``parse`` reads it back.
     - ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``: the JSON list of the official cookbooks,
       one ``{"bbox_2d": [...], "label": ...}`` or ``{"point_2d": [...], ...}`` per line, in a
@@ -53,7 +54,7 @@ def _tags(items: list, tags: tuple[str, str, str, str]) -> str:
         if label is not None and label != previous:
             parts.append(f"{ref_open}{label}{ref_close}")
         elif label is None and isinstance(previous, str):
-            parts.append("\n")  # parse gives a box the label before it only on the same line
+            parts.append(f"{ref_open}{ref_close}")  # else parse gives it the label before it
         previous = label
         pairs = [f"({_num(values[i])},{_num(values[i + 1])})" for i in range(0, len(values), 2)]
         parts.append(box_open + ",".join(pairs) + box_close)
