@@ -291,10 +291,43 @@ def decode_base64(text: str, original: Any = None) -> bytes:
     return data
 
 
-def file_uri_to_path(uri: str) -> str:
+class Base64Text(str):
+    """Text from transformers' ``base64`` key: decoded as base64 (policy scheme ``base64``),
+    never taken for a path even when short or starting with ``/``."""
+
+
+_DRIVE_RE = re.compile(r"^/?([A-Za-z]):")
+
+
+def windows_file_uri_to_path(uri: str) -> str:
+    """A ``file:`` URI as a Windows path, on any OS (pure, so it is tested everywhere).
+
+    ``file:///C:/dir/x%20y.jpg`` and ``file://C:\\dir\\x.jpg`` -> ``C:\\dir\\x y.jpg``;
+    ``file://server/share/x.jpg`` -> ``\\\\server\\share\\x.jpg`` (UNC);
+    ``file://localhost/C:/x.jpg`` -> ``C:\\x.jpg``. Percent escapes are decoded."""
+    rest = urllib.parse.unquote(uri[len("file:"):])
+    rest = rest.replace("\\", "/")
+    if rest.startswith("//"):
+        rest = rest[2:]
+        host, slash, tail = rest.partition("/")
+        if host.lower() == "localhost":
+            rest = slash + tail
+        elif not _DRIVE_RE.match(rest) and host:
+            return "\\\\" + rest.replace("/", "\\")  # UNC: \\server\share\...
+    match = _DRIVE_RE.match(rest)
+    if match:
+        rest = rest[len(match.group(0)) - 2:]  # from the drive letter on
+    return rest.replace("/", "\\")
+
+
+def file_uri_to_path(uri: str, os_name: str | None = None) -> str:
     """``file:///a%20b.jpg`` -> ``/a b.jpg``. Falls back to the raw text after ``file://``
-    (what qwen-vl-utils did) when only that exists on disk."""
+    (what qwen-vl-utils did) when only that exists on disk. On Windows (``os_name == "nt"``)
+    drive-letter and UNC forms map to Windows paths (:func:`windows_file_uri_to_path`)."""
     raw = uri[len("file://"):]
+    if (os.name if os_name is None else os_name) == "nt":
+        decoded = windows_file_uri_to_path(uri)
+        return raw if not os.path.exists(decoded) and os.path.exists(raw) else decoded
     try:
         parsed = urllib.parse.urlsplit(uri)
     except ValueError:  # "file://[x": not a URL after all, only a (strange) path
@@ -352,6 +385,9 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
             "base64 string, bytes, PIL.Image, numpy array or torch tensor",
             value,
         )
+    if isinstance(value, Base64Text):
+        _policy.check_scheme("base64", value)
+        return Source("bytes", value, data=decode_base64(value, value))
     text = value.strip()
     if not text:
         raise InvalidMessageError("empty source string", value)

@@ -67,6 +67,7 @@ def fetch_video(
     output_dtype: torch.dtype = torch.float32,
     fast_resize: bool = False,
     fetch_settings: FetchSettings | None = None,
+    frames_patch_grid: bool = False,
 ) -> Any:
     """Load, sample and resize one video item; same arguments and return values as
     ``qwen_vl_utils.fetch_video`` (``video``, ``(video, metadata)``, and ``..., sample_fps``).
@@ -75,7 +76,10 @@ def fetch_video(
     ``timeout`` seconds for decoding (else ``VLUTILS_VIDEO_TIMEOUT``, else 300),
     ``output_dtype`` (``torch.uint8`` holds the same values in 4x less memory) and
     ``fast_resize`` (scale inside FFmpeg with the pyav backend: much faster, not
-    pixel-identical to the reference).
+    pixel-identical to the reference). ``frames_patch_grid``: resize each frame of a frame
+    list on the patch-size grid first (upstream qwen-vl-utils' later fix, commit fe12058)
+    instead of 0.0.14's doubled factor. A frame list may carry ``"timestamps"`` (seconds, one
+    per frame): they set the sample fps and the metadata (see :mod:`vlutils.video.frames`).
     """
     value = video_source(ele)
     check_number("image_patch_size", image_patch_size, integer=True)
@@ -93,8 +97,12 @@ def fetch_video(
     if isinstance(value, (list, tuple)):
         if max_frames is not None and len(value) > max_frames:
             raise SizeLimitError(f"{len(value)} frames, over the {int(max_frames)}-frame limit", _label(value))
-        video, metadata, sample_fps = _fetch_frame_list(ele, value, image_patch_size, output_dtype)
+        video, metadata, sample_fps = _fetch_frame_list(
+            ele, value, image_patch_size, output_dtype, bool(frames_patch_grid)
+        )
     elif isinstance(value, (str, bytes, bytearray, memoryview, os.PathLike)):
+        if ele.get("timestamps") is not None:
+            raise InvalidOptionError("timestamps apply to frame lists only (a file has its own)", _label(value))
         video, metadata, sample_fps = _fetch_file(
             ele, value, image_patch_size, backend, _policy.limit("decode_timeout", video_timeout(timeout)),
             output_dtype, bool(fast_resize), fetch_settings, max_frames,
@@ -197,9 +205,10 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
     return result.video, metadata, sample_fps
 
 
-def _fetch_frame_list(ele, frames, image_patch_size, output_dtype):
+def _fetch_frame_list(ele, frames, image_patch_size, output_dtype, patch_grid=False):
     started = time.monotonic()
-    video, raw_metadata, sample_fps = load_frame_list(ele, frames, image_patch_size)
+    video, raw_metadata, sample_fps = load_frame_list(ele, frames, image_patch_size, patch_grid)
+    timestamps = raw_metadata.pop("timestamps", None)
     nframes, _, height, width = video.shape
     resized_height, resized_width = video_target_size(ele, nframes, height, width, image_patch_size)
     check_output_size(nframes, resized_height, resized_width, source="<list of frames>")
@@ -210,7 +219,10 @@ def _fetch_frame_list(ele, frames, image_patch_size, output_dtype):
     metadata.info.update(
         sample_fps=sample_fps, nframes=int(nframes), resized_height=resized_height, resized_width=resized_width,
         source_height=int(height), source_width=int(width), decoder="frames", seconds=time.monotonic() - started,
+        frames_patch_grid=patch_grid,
     )
+    if timestamps is not None:
+        metadata.info["timestamps"] = timestamps
     return out, metadata, sample_fps
 
 
