@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import requests
 import urllib3
 
+from . import cancel as _cancel
 from . import policy as _policy
 from .errors import (
     FetchError,
@@ -129,6 +130,7 @@ def download(url: str, dest: BinaryIO, settings: FetchSettings | None = None) ->
     settings = _policy.apply(settings or FetchSettings.from_env())
     attempt = 0
     while True:
+        _cancel.check()
         start_pos = dest.tell()
         try:
             return _download_once(url, dest, settings)
@@ -169,6 +171,7 @@ def _download_once(url: str, dest: BinaryIO, settings: FetchSettings) -> int:
         except (ValueError, urllib3.exceptions.HTTPError) as exc:  # e.g. LocationParseError from urllib3's connect
             raise FetchError(f"invalid URL: {_short(exc)}", url) from None
         with response:
+            _cancel.check()  # an async caller gave up while the server was answering
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 try:
@@ -213,8 +216,10 @@ def _read_body(response: requests.Response, dest: BinaryIO, settings: FetchSetti
     if declared is not None and declared.isdigit() and int(declared) > settings.max_bytes:
         raise SizeLimitError(f"Content-Length {declared} exceeds the {settings.max_bytes}-byte limit", url)
     written = 0
+    token = _cancel.current()
     try:
         for chunk in _body_chunks(response):
+            _cancel.check(token)
             written += len(chunk)
             if written > settings.max_bytes:
                 raise SizeLimitError(f"body exceeds the {settings.max_bytes}-byte limit", url)
@@ -367,6 +372,7 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
     With ``download_urls=False`` an http(s) URL is returned as ``kind="url"`` (``path``
     holds the URL) so that video code can stream it to a temporary file instead.
     """
+    _cancel.check()
     settings = _policy.apply(settings if settings is not None else FetchSettings.from_env())
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)

@@ -76,9 +76,14 @@ def process_vision_info(
     items = iter_vision_items(conversations)
     _policy.check_item_count(len(items))  # safe mode: bounded work per call
     results = run_parallel(
-        lambda item: _fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid), items, io_bound=_downloads(items)
+        lambda item: _fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid), items,
+        io_bound=_downloads(items),
     )
+    return assemble(results, return_video_kwargs, return_video_metadata)
 
+
+def assemble(results: list[tuple[str, Any, Any]], return_video_kwargs: bool, return_video_metadata: bool):
+    """process_vision_info's return value from the per-item results (shared with the async API)."""
     image_inputs = [value for kind, value, _ in results if kind == "image"] or None
     video_inputs = [value for kind, value, _ in results if kind == "video"] or None
     sample_fps = [fps for kind, _, fps in results if kind == "video"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import cancel
 from .. import policy as _policy
 from ..errors import describe_source, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
 from ..messages import item_source
@@ -92,6 +93,54 @@ def fetch_video(
             check_number(key, ele[key], source=_label(value))
     if "fps" in ele and "nframes" in ele:
         raise InvalidOptionError("give either `fps` or `nframes`, not both", _label(value))
+    from .. import cache as _cache
+
+    cache = _cache.current()
+    key = None
+    if cache is not None:
+        key = _cache_key(ele, value, image_patch_size, backend, output_dtype, fast_resize, fetch_settings,
+                         frames_patch_grid)
+    args = (ele, value, image_patch_size, backend, timeout, output_dtype, fast_resize, fetch_settings,
+            frames_patch_grid)
+    if key is None:
+        video, metadata, sample_fps = _fetch_any(*args)
+    else:
+        video, metadata, sample_fps = cache.get_or_compute(
+            key, lambda: _fetch_any(*args), size=lambda r: r[0].numel() * r[0].element_size(), copy=_copy_result,
+        )
+    result = (video, metadata) if return_video_metadata else video
+    if return_video_sample_fps:
+        return result, sample_fps
+    return result
+
+
+def _copy_result(result: tuple) -> tuple:
+    video, metadata, sample_fps = result
+    copied = VideoMetadata({k: list(v) if isinstance(v, list) else v for k, v in metadata.items()})
+    copied.info = dict(metadata.info)
+    return video.clone(), copied, sample_fps
+
+
+_SOURCE_FIELDS = ("type", "video", "video_url", "url", "path", "base64")
+
+
+def _cache_key(ele, value, image_patch_size, backend, output_dtype, fast_resize, fetch_settings, patch_grid):
+    """The media-cache key of a video item (None: not cacheable). Runs the safe-mode source checks."""
+    from .. import cache as _cache
+
+    identity = _cache.source_identity(value)
+    if identity is None:
+        return None
+    is_list = isinstance(value, (list, tuple))
+    backend_name = None if is_list else (backend if backend is not None else get_video_reader_backend())
+    return ("video", identity, _cache.options_key(ele, _SOURCE_FIELDS), image_patch_size, backend_name,
+            str(output_dtype), bool(fast_resize) and not is_list, bool(patch_grid) and is_list, _policy.current(),
+            fetch_settings or FetchSettings.from_env(), max_video_bytes())
+
+
+def _fetch_any(ele, value, image_patch_size, backend, timeout, output_dtype, fast_resize, fetch_settings,
+               frames_patch_grid):
+    """(video, metadata, sample_fps) of a file, URL, bytes or frame list, uncached."""
     # read the policy here: the decode thread and frame pool do not inherit contextvars
     max_frames = _policy.limit("max_frames", None)
     if isinstance(value, (list, tuple)):
@@ -112,10 +161,7 @@ def fetch_video(
             f"unsupported video type {type(value).__name__}; expected a path, URL, data URI, bytes or a list of frames",
             value,
         )
-    result = (video, metadata) if return_video_metadata else video
-    if return_video_sample_fps:
-        return result, sample_fps
-    return result
+    return video, metadata, sample_fps
 
 
 def _label(value: Any) -> Any:
@@ -138,6 +184,7 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
                 max_frames=None, resize=True):
     started = time.monotonic()
     backend = resolve_backend(backend_name if backend_name is not None else get_video_reader_backend())
+    backend = cancel.wrap_backend(backend, cancel.current())  # async callers: stop between frames on cancel
 
     def plan(probe: Probe) -> Plan:
         start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
