@@ -77,30 +77,30 @@ class MediaCache:
         while True:
             with self._lock:
                 entry = self._entries.get(key)
+                waiting = mine = None
                 if entry is not None:
                     self._entries.move_to_end(key)
                     self._hits += 1
-                    value = entry[0]
-                    break
-                waiting = self._pending.get(key)
-                if waiting is None:
+                elif key in self._pending:
+                    waiting = self._pending[key]
+                else:
                     self._misses += 1
                     mine = self._pending[key] = threading.Event()
-                    value = _UNSET
-            if value is not _UNSET:
+            if entry is not None:
+                return copy(entry[0])  # stored values are never modified: copy outside the lock
+            if mine is not None:
                 break
-            if waiting is None:
-                try:
-                    result = compute()
-                    self._store(key, copy(result), size(result))
-                    return result
-                finally:
-                    with self._lock:
-                        self._pending.pop(key, None)
-                    mine.set()
             while not waiting.wait(0.05):  # another thread is fetching it; its own limits bound this
                 _cancel.check()
-        return copy(value)
+            # then look again: stored (a hit), or it failed / was too large (this thread fetches)
+        try:
+            result = compute()
+            self._store(key, copy(result), size(result))
+            return result
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            mine.set()
 
     def _store(self, key: Any, value: Any, nbytes: int) -> None:
         if nbytes > self.max_bytes:
