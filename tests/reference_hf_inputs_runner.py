@@ -4,9 +4,9 @@ through ``vlutils.processor_inputs`` (in a subprocess, so any transformers versi
 Usage: ``PYTHONPATH=.refs/tf523 python tests/reference_hf_inputs_runner.py CASES OUT``
 
 CASES is a ``torch.save``d dict: ``tokenizer_json`` and ``cases``, each with ``model_type``,
-``texts`` (formatted prompts, one pad per item), ``images`` (HWC uint8 arrays of the fetched,
-already resized images), ``videos`` (tensors or ``(tensor, metadata)`` pairs) and
-``video_kwargs``. The processors are built as a new user would: the version's default image and
+``texts`` (formatted prompts, one pad per item), ``media`` (an index into ``media``: ``images``,
+HWC uint8 arrays of the fetched, already resized images, and ``videos``, uint8 tensors or
+``(tensor, metadata)`` pairs) and ``video_kwargs``. The processors are built as a new user would: the version's default image and
 video processors with the model's preset (patch size, mean/std), and a tokenizer from the JSON.
 OUT receives ``{"version": str, "kwargs_keys": [...], "results": [dict, ...]}``.
 """
@@ -63,8 +63,11 @@ def main(cases_path: str, out_path: str) -> None:
     processors = _processors(_tokenizer(data["tokenizer_json"]))
     results, keys = [], []
     for case in data["cases"]:
-        images = [Image.fromarray(a) for a in case["images"]] or None
-        kwargs = vlutils.processor_inputs(images, case["videos"] or None, case["video_kwargs"])
+        media = data["media"][case["media"]]
+        images = [Image.fromarray(a) for a in media["images"]] or None
+        # as process_vision_info returns them: float32 (shipped as uint8, the same whole values)
+        videos = [(v[0].float(), v[1]) if isinstance(v, tuple) else v.float() for v in media["videos"]] or None
+        kwargs = vlutils.processor_inputs(images, videos, case["video_kwargs"])
         keys.append(sorted(kwargs))
         processor = processors[case["model_type"]]
         texts = case["texts"]
@@ -74,7 +77,7 @@ def main(cases_path: str, out_path: str) -> None:
             # the bare video pad, so the chat template's <|vision_start|><|video_pad|><|vision_end|>
             # comes out nested. Kept (raw_input_ids) to check its timestamps; compared on the bare pad.
             raw_ids = processor(text=texts, padding=True, return_tensors="pt", **kwargs)["input_ids"]
-            kwargs = vlutils.processor_inputs(images, case["videos"] or None, case["video_kwargs"])
+            kwargs = vlutils.processor_inputs(images, videos, case["video_kwargs"])
             texts = [t.replace(_WRAPPED_VIDEO, "<|video_pad|>") for t in texts]
         out = processor(text=texts, padding=True, return_tensors="pt", **kwargs)
         result = {k: v for k, v in out.items() if k != "video_metadata"}

@@ -50,40 +50,50 @@ def _conversations(tmp_path: Path, patch: int) -> list[list[dict]]:
     ]
     second = [{"role": "user", "content": [
         {"type": "video", "video": frames[:4]},
-        {"type": "video", "path": fixture("vp9_30fps.webm"), "nframes": 6},
+        {"type": "video", "path": fixture("vp9_30fps.webm"), "nframes": 6, "min_pixels": 32 * factor**2,
+         "max_pixels": 120 * factor**2},
         {"type": "text", "text": "What happens?"},
     ]}]
     return [first, second]
 
 
-def _cases(tmp_path: Path) -> tuple[list[dict], list[dict]]:
-    """(cases for the runner, build_inputs' results for them)."""
+def _cases(tmp_path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """(media, cases for the runner, build_inputs' results for them). Media is fetched once per
+    patch size and metadata mode (a MediaCache serves the repeats) and shipped as uint8."""
     tok = tiny_qwen_tokenizer()
-    cases, expected = [], []
-    for model_type, patch in MODEL_PATCH.items():
-        for with_metadata in (True, False):
-            convs = _conversations(tmp_path, patch)
-            images, videos, video_kwargs = vlutils.process_vision_info(
-                convs, return_video_kwargs=True, return_video_metadata=with_metadata, image_patch_size=patch)
-            variants = [video_kwargs] if with_metadata else [video_kwargs, None]  # None: nothing known
-            for kwargs in variants:
-                expected.append(vlutils.build_inputs(convs, tok, model_type, images=images, videos=videos,
-                                                     video_kwargs=kwargs))
-                cases.append({
-                    "model_type": model_type,
-                    "texts": [format_chat(c, model_type=model_type) for c in convs],
-                    "images": [np.asarray(image) for image in images],
-                    "videos": videos,
-                    "video_kwargs": kwargs,
-                })
-    return cases, expected
+    media, cases, expected = {}, [], []
+    with vlutils.cache.use(vlutils.MediaCache(max_bytes=2**30)):
+        for model_type, patch in MODEL_PATCH.items():
+            for with_metadata in (True, False):
+                convs = _conversations(tmp_path, patch)
+                images, videos, video_kwargs = vlutils.process_vision_info(
+                    convs, return_video_kwargs=True, return_video_metadata=with_metadata, image_patch_size=patch)
+                key = (patch, with_metadata)
+                if key not in media:
+                    media[key] = {
+                        "images": [np.asarray(image) for image in images],
+                        "videos": [(v[0].to(torch.uint8), dict(v[1])) if isinstance(v, tuple) else v.to(torch.uint8)
+                                   for v in videos],
+                    }
+                variants = [video_kwargs] if with_metadata else [video_kwargs, None]  # None: nothing known
+                for kwargs in variants:
+                    expected.append(vlutils.build_inputs(convs, tok, model_type, images=images, videos=videos,
+                                                         video_kwargs=kwargs))
+                    cases.append({
+                        "model_type": model_type,
+                        "texts": [format_chat(c, model_type=model_type) for c in convs],
+                        "media": list(media).index(key),
+                        "video_kwargs": kwargs,
+                    })
+    return list(media.values()), cases, expected
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("processor_inputs")
-    cases, expected = _cases(tmp_path)
-    torch.save({"tokenizer_json": tiny_qwen_tokenizer().to_str(), "cases": cases}, tmp_path / "cases.pt")
+    media, cases, expected = _cases(tmp_path)
+    torch.save({"tokenizer_json": tiny_qwen_tokenizer().to_str(), "media": media, "cases": cases},
+               tmp_path / "cases.pt")
     procs = {}
     for ref in ("venv", "tf523"):
         out = tmp_path / f"out_{ref}.pt"
@@ -104,6 +114,7 @@ def test_processors_reproduce_build_inputs(outcomes, ref, major):
     cases, expected, results = outcomes
     got = results[ref]
     assert got["version"].startswith(major)
+    tok = tiny_qwen_tokenizer()
     for case, ours, theirs in zip(cases, expected, got["results"]):
         where = f"{ref} {case['model_type']} video_kwargs={case['video_kwargs']}"
         assert torch.equal(theirs["input_ids"], ours["input_ids"]), where  # incl. Qwen3 <t seconds>
@@ -113,7 +124,6 @@ def test_processors_reproduce_build_inputs(outcomes, ref, major):
         torch.testing.assert_close(theirs["pixel_values"], ours["pixel_values"], rtol=0, atol=1e-6)
         torch.testing.assert_close(theirs["pixel_values_videos"], ours["pixel_values_videos"], rtol=0, atol=1e-6)
         if "raw_input_ids" in theirs:  # 5.x Qwen3-VL on the template's wrapped pad: same timestamps
-            tok = tiny_qwen_tokenizer()
             for row in range(len(case["texts"])):
                 raw = tok.decode(theirs["raw_input_ids"][row].tolist(), skip_special_tokens=False)
                 mine = tok.decode(ours["input_ids"][row].tolist(), skip_special_tokens=False)
@@ -134,11 +144,9 @@ def test_expected_values_are_the_media_s_own(outcomes):
     grid = q25["video_grid_thw"][0].tolist()
     assert grid[1] * grid[2] <= 64 * 4  # one frame pair within the 64-token budget, not re-resized
     assert q25["second_per_grid_ts"].tolist()[:2] == pytest.approx([1.0, 2 / (4 / 3.1)])
-    q3 = next(c for c in cases if c["model_type"] == "qwen3_vl")
     tok = tiny_qwen_tokenizer()
     q3_out = next(e for c, e in zip(cases, expected) if c["model_type"] == "qwen3_vl")
     text = tok.decode(q3_out["input_ids"][0].tolist(), skip_special_tokens=False)
     given = [0.0, 0.7, 1.5, 2.0, 3.1, 3.1]  # the frame list's times, padded with the last
     for i in range(0, 6, 2):
         assert f"<{(given[i] + given[i + 1]) / 2:.1f} seconds>" in text
-    assert q3["videos"]
