@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.server
-import io
 import json
 import os
 import platform
