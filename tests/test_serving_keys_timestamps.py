@@ -226,3 +226,22 @@ def test_patch_grid_option_is_upstream_fe12058(tmp_path, monkeypatch):
     _, videos = vlutils.process_vision_info([{"role": "user", "content": [{"type": "video", **ele}]}],
                                             frames_patch_grid=True)
     assert torch.equal(videos[0], upstream)
+
+
+def test_cli_shows_timestamps(tmp_path):
+    import json
+
+    from vlutils.cli import format_table, run
+
+    frames = _frames(tmp_path, 3)
+    messages = tmp_path / "m.json"
+    messages.write_text(json.dumps([{"role": "user", "content": [
+        {"type": "video", "video": frames, "timestamps": [0.5, 1.25, 2.0]},
+        {"type": "video", "path": fixture("h264_320x240_30fps.mp4"), "nframes": 4},
+    ]}]))
+    report = run(str(messages))
+    timed, plain = report["items"]
+    assert timed["timestamps"] == [0.5, 1.25, 2.0, 2.0] and timed["sample_fps"] == pytest.approx(4 / 3, abs=1e-4)
+    assert [i / timed["fps"] for i in timed["frames_indices"]] == pytest.approx(timed["timestamps"])
+    assert "timestamps" not in plain and plain["kind"] == "video"
+    assert "timestamps (s): 0.5, 1.25, 2, 2" in format_table(report)
