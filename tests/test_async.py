@@ -86,6 +86,12 @@ def test_same_results_as_sync(tmp_path, http_server):
     _wait_no_threads()
 
 
+def test_messages_without_media():
+    messages = [{"role": "user", "content": "Hello"}]
+    assert asyncio.run(vlutils.aprocess_vision_info(messages, return_video_kwargs=True)) == \
+        vlutils.process_vision_info(messages, return_video_kwargs=True)
+
+
 def test_errors_are_the_sync_ones():
     messages = [{"role": "user", "content": [{"type": "image", "image": "/no/such/file.png"}]}]
     with pytest.raises(vlutils.errors.SourceNotFoundError, match="message 0, item 0"):

@@ -233,3 +233,20 @@ def test_forked_child_gets_its_own_cache(tmp_path):
     child.join(10)
     assert stats["items"] == 0 and stats["hits"] == 0
     assert cache.stats()["items"] == 1
+
+
+def test_frame_lists_are_cached_by_their_frames_and_times(tmp_path):
+    frames = []
+    for i in range(3):
+        frames.append(str(tmp_path / f"f{i}.png"))
+        open(frames[-1], "wb").write(_png(20 + i, (64, 48)))
+    cache = vlutils.MediaCache(max_bytes=64 * 2**20)
+    with vcache.use(cache):
+        (a, md_a), fps_a = fetch_video({"video": frames}, return_video_sample_fps=True, return_video_metadata=True)
+        (b, md_b), fps_b = fetch_video({"video": frames}, return_video_sample_fps=True, return_video_metadata=True)
+        assert torch.equal(a, b) and dict(md_a) == dict(md_b) and fps_a == fps_b
+        assert cache.stats()["hits"] == 1
+        timed = fetch_video({"video": frames, "timestamps": [0.0, 1.0, 3.0]}, return_video_sample_fps=True)[1]
+        assert timed == 2 / 3 and cache.stats()["misses"] == 2
+        fetch_video({"video": frames[:2] + [frames[0]]})
+        assert cache.stats()["misses"] == 3

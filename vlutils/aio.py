@@ -77,6 +77,8 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
 async def _gather_in_order(jobs: list[Callable[[], Any]]) -> list[Any]:
     """Run jobs concurrently; results in order. On the first failure the others are cancelled
     and the earliest failure (in input order) among those finished is raised, like the sync pool."""
+    if not jobs:
+        return []
     tasks = [asyncio.ensure_future(_in_thread(job)) for job in jobs]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
