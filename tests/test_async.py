@@ -250,3 +250,21 @@ def test_safe_mode_and_cache_reach_the_threads(tmp_path, http_server):
     images = asyncio.run(cached())
     assert http_server.requests["/async_cached.png"] == 1 and len(images) == 5
     assert cache.stats()["hits"] == 4
+
+
+def test_cancel_while_the_server_has_not_answered(http_server):
+    """A request waiting for a slow server's headers stops at the cancel (its socket is shut
+    down), not when the server answers or at the read timeout."""
+    url = http_server.route("/async_silent_for_long.png", body=_png(50), delay=4.0)
+
+    async def main():
+        task = asyncio.create_task(vlutils.afetch_image({"image": url}))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    start = time.monotonic()
+    asyncio.run(main())
+    _wait_no_threads(2.0)
+    assert time.monotonic() - start < 2.0

@@ -43,7 +43,7 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
     await sem.acquire()
     loop = asyncio.get_running_loop()
     future = loop.create_future()
-    event = threading.Event()
+    event = _cancel.Token()
     context = contextvars.copy_context()
     context.run(_cancel.set_token, event)
 

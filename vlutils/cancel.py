@@ -9,10 +9,49 @@ API) every check is a no-op.
 from __future__ import annotations
 
 import contextvars
+import socket
 import threading
 from typing import Any, Callable, Sequence
 
 _token: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("vlutils_cancel", default=None)
+
+
+class Token(threading.Event):
+    """A cancel flag that also runs callbacks when set (to wake a thread blocked in a socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        _run(callback)
+
+    def set(self) -> None:
+        with self._callbacks_lock:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _run(callback)
+
+
+def _run(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # noqa: BLE001 - best effort: the socket may be closed already
+        pass
+
+
+def watch_socket(sock: Any) -> None:
+    """Shut ``sock`` down when the current token is cancelled: a thread blocked reading it
+    (waiting for a slow server's headers or body) wakes up at once instead of at its timeout."""
+    token = _token.get()
+    if sock is not None and isinstance(token, Token):
+        token.on_cancel(lambda: sock.shutdown(socket.SHUT_RDWR))
 
 
 class Cancelled(Exception):

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Callable, Iterator
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
 
 from . import cancel as _cancel
 from . import policy as _policy
@@ -108,11 +110,41 @@ class Source:
 _thread_state = threading.local()
 
 
+class _CancellableConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _cancel.watch_socket(self.sock)  # an async caller's cancel wakes the wait for the answer
+
+
+class _CancellableHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _cancel.watch_socket(self.sock)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _CancellableConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _CancellableHTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections register their socket with the cancel token."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 def _session() -> requests.Session:
     """One requests session per thread (sessions are not guaranteed thread-safe)."""
     session = getattr(_thread_state, "session", None)
     if session is None or getattr(_thread_state, "pid", None) != os.getpid():
         session = requests.Session()
+        session.mount("http://", _Adapter())
+        session.mount("https://", _Adapter())
         session.headers["User-Agent"] = "vlutils"
         session.trust_env = True
         _thread_state.session = session
@@ -134,7 +166,11 @@ def download(url: str, dest: BinaryIO, settings: FetchSettings | None = None) ->
         start_pos = dest.tell()
         try:
             return _download_once(url, dest, settings)
+        except VisionInputError:
+            _cancel.check()  # a socket shut down by a cancel is the cancel, not a network error
+            raise
         except _Retryable as exc:
+            _cancel.check()
             attempt += 1
             if attempt > settings.retries:
                 raise exc.error from None
