@@ -32,6 +32,7 @@ import urllib3.connection
 
 from . import cancel as _cancel
 from . import policy as _policy
+from .uris import Base64Text, windows_file_uri_to_path
 from .errors import (
     FetchError,
     FetchTimeoutError,
@@ -330,35 +331,6 @@ def decode_base64(text: str, original: Any = None) -> bytes:
     if not data:
         raise UnsupportedSourceError("base64 payload is empty", original if original is not None else text)
     return data
-
-
-class Base64Text(str):
-    """Text from transformers' ``base64`` key: decoded as base64 (policy scheme ``base64``),
-    never taken for a path even when short or starting with ``/``."""
-
-
-_DRIVE_RE = re.compile(r"^/?([A-Za-z]):")
-
-
-def windows_file_uri_to_path(uri: str) -> str:
-    """A ``file:`` URI as a Windows path, on any OS (pure, so it is tested everywhere).
-
-    ``file:///C:/dir/x%20y.jpg`` and ``file://C:\\dir\\x.jpg`` -> ``C:\\dir\\x y.jpg``;
-    ``file://server/share/x.jpg`` -> ``\\\\server\\share\\x.jpg`` (UNC);
-    ``file://localhost/C:/x.jpg`` -> ``C:\\x.jpg``. Percent escapes are decoded."""
-    rest = urllib.parse.unquote(uri[len("file:"):])
-    rest = rest.replace("\\", "/")
-    if rest.startswith("//"):
-        rest = rest[2:]
-        host, slash, tail = rest.partition("/")
-        if host.lower() == "localhost":
-            rest = slash + tail
-        elif not _DRIVE_RE.match(rest) and host:
-            return "\\\\" + rest.replace("/", "\\")  # UNC: \\server\share\...
-    match = _DRIVE_RE.match(rest)
-    if match:
-        rest = rest[len(match.group(0)) - 2:]  # from the drive letter on
-    return rest.replace("/", "\\")
 
 
 def file_uri_to_path(uri: str, os_name: str | None = None) -> str:
