@@ -8,9 +8,9 @@ concurrent calls overlap. In-flight items are bounded per event loop by the same
 Each thread runs in a copy of the caller's context (safe-mode policy and media cache scopes
 apply) plus a cancel token: cancelling the awaiting task raises ``CancelledError`` at once and
 sets the token, which the download loop (between chunks), the image decode and the video
-decode loop (between frames) check, so the work stops and temporary files are removed. A
-request still waiting for the server's first byte stops when that byte arrives or at the read
-timeout, whichever comes first. Threads end with their item: none is kept in a pool.
+decode loop (between frames) check, so the work stops and temporary files are removed; a
+request waiting for the server's answer has its socket shut down (only a TCP connect in
+progress runs on to its connect timeout). Threads end with their item: none is kept in a pool.
 """
 
 from __future__ import annotations
