@@ -250,3 +250,35 @@ def test_frame_lists_are_cached_by_their_frames_and_times(tmp_path):
         assert timed == 2 / 3 and cache.stats()["misses"] == 2
         fetch_video({"video": frames[:2] + [frames[0]]})
         assert cache.stats()["misses"] == 3
+
+
+class _Images:
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        image = vlutils.fetch_image({"image": self.path})
+        stats = vcache.current().stats()
+        return np.asarray(image).copy(), stats["hits"], stats["misses"]
+
+
+def test_dataloader_fork_workers_each_have_their_own_cache(tmp_path):
+    from torch.utils.data import DataLoader
+
+    path = tmp_path / "a.png"
+    path.write_bytes(_png(14))
+    cache = vlutils.MediaCache(max_bytes=64 * 2**20)
+    vlutils.set_cache(cache)
+    try:
+        expected = np.asarray(vlutils.fetch_image({"image": str(path)}))
+        loader = DataLoader(_Images(str(path)), batch_size=None, num_workers=2, multiprocessing_context="fork")
+        rows = list(loader)
+    finally:
+        vcache.reset_cache()
+    assert all(np.array_equal(image, expected) for image, _, _ in rows)
+    # each worker started empty (its first fetch a miss), then hit its own copy
+    assert sorted((int(h), int(m)) for _, h, m in rows) == [(0, 1), (0, 1), (1, 1), (1, 1)]
+    assert cache.stats()["misses"] == 1 and cache.stats()["hits"] == 0
