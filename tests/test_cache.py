@@ -179,8 +179,10 @@ def test_scopes_and_environment(monkeypatch, tmp_path):
         vcache.reset_cache()
     monkeypatch.delenv(vcache.ENV_VAR)
     assert vcache.current() is None
-    with pytest.raises(vlutils.errors.InvalidOptionError):
-        vlutils.MediaCache(max_bytes=-1)
+    for bad in (-1, float("nan"), float("inf"), "1GB", True):
+        with pytest.raises(vlutils.errors.InvalidOptionError):
+            vlutils.MediaCache(max_bytes=bad)
+    assert vlutils.MediaCache(max_bytes=2e9).max_bytes == 2_000_000_000
 
 
 def test_threads_share_one_fetch(http_server):

@@ -45,9 +45,9 @@ class MediaCache:
     """LRU cache of fetched media within ``max_bytes`` (thread-safe; one per process)."""
 
     def __init__(self, max_bytes: int):
-        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
-            raise InvalidOptionError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
-        self.max_bytes = max_bytes
+        if not isinstance(max_bytes, (int, float)) or isinstance(max_bytes, bool) or not 0 <= max_bytes < float("inf"):
+            raise InvalidOptionError(f"max_bytes must be a non-negative number of bytes, got {max_bytes!r}")
+        self.max_bytes = int(max_bytes)  # 2e9 is a fine way to write it
         self._reset()
         _instances.add(self)
 
