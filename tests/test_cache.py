@@ -168,13 +168,13 @@ def test_scopes_and_environment(monkeypatch, tmp_path):
         vlutils.fetch_image({"image": str(path)})
         vlutils.fetch_image({"image": str(path)})
         assert env_cache.stats()["hits"] == 1
-        vlutils.set_cache(None)  # explicit off beats the environment
-        assert vcache.current() is None
+        with vcache.use(None):  # off in this scope, whatever the environment says
+            assert vcache.current() is None
         mine = vlutils.MediaCache(max_bytes=2**20)
         vlutils.set_cache(mine)
         assert vcache.current() is mine
-        with vcache.use(None):
-            assert vcache.current() is None
+        vlutils.set_cache(None)  # back to the environment's
+        assert vcache.current() is env_cache
     finally:
         vcache.reset_cache()
     monkeypatch.delenv(vcache.ENV_VAR)

@@ -130,17 +130,17 @@ _context_cache: contextvars.ContextVar[Any] = contextvars.ContextVar("vlutils_ca
 
 
 def set_cache(cache: MediaCache | None) -> None:
-    """Use ``cache`` process-wide (``None``: no cache, whatever the environment says)."""
+    """Use ``cache`` process-wide; ``None`` removes it (then only ``VLUTILS_CACHE_BYTES``, if set,
+    gives one; ``with vlutils.cache.use(None)`` turns caching off whatever the environment says)."""
     global _global_cache
     if cache is not None and not isinstance(cache, MediaCache):
         raise InvalidOptionError(f"set_cache expects a MediaCache or None, got {type(cache).__name__}")
-    _global_cache = cache
+    _global_cache = _UNSET if cache is None else cache
 
 
 def reset_cache() -> None:
-    """Forget :func:`set_cache`; ``VLUTILS_CACHE_BYTES`` decides again."""
-    global _global_cache
-    _global_cache = _UNSET
+    """Same as ``set_cache(None)``."""
+    set_cache(None)
 
 
 @contextlib.contextmanager
