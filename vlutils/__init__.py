@@ -24,7 +24,8 @@ from .constants import (
 from .errors import VisionInputError
 from .image import fetch_image, to_rgb
 from .messages import extract_vision_info
-from . import policy
+from . import cache, policy
+from .cache import MediaCache, set_cache
 from .policy import SafetyPolicy, set_policy
 from .resize import ceil_by_factor, floor_by_factor, round_by_factor, smart_resize
 from .sources import FetchSettings
@@ -35,7 +36,7 @@ __all__ = [
     "MAX_NUM_WORKERS_FETCH_VIDEO", "MAX_RATIO", "MODEL_SEQ_LEN", "SPATIAL_MERGE_SIZE", "VIDEO_MAX_TOKEN_NUM",
     "VIDEO_MIN_TOKEN_NUM", "VisionInputError", "fetch_image", "to_rgb", "extract_vision_info", "policy",
     "SafetyPolicy", "set_policy", "ceil_by_factor", "floor_by_factor", "round_by_factor", "smart_resize",
-    "FetchSettings", "process_vision_info",
+    "FetchSettings", "process_vision_info", "cache", "MediaCache", "set_cache",
 ]
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
@@ -55,6 +56,8 @@ _LAZY = {
     "processor": ("patchify", "patchify_image", "patchify_video", "get_preset", "VisionPreset", "PRESETS"),
     "chat": ("format_chat", "expand_placeholders"),
     "grounding": ("grounding",),  # the module itself: vlutils.grounding.parse(...)
+    "aio": ("aprocess_vision_info", "afetch_image", "afetch_video"),
+    "hf_inputs": ("processor_inputs",),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 __all__ += list(_LAZY_NAMES)

@@ -126,7 +126,8 @@ def qwen3_timestamps(frame_indices: Sequence[int], fps: float, merge_size: int =
     """Seconds of each temporal patch, as transformers 4.57's Qwen3-VL processor computes them:
     indices padded with the last to a multiple of ``merge_size``, divided by the source
     fps, then the first and last frame of each patch averaged."""
-    indices = [int(i) for i in frame_indices]
+    # whole frame numbers, or fractional ones (frame lists with real timestamps), as transformers divides them
+    indices = [i.item() if hasattr(i, "item") else i for i in frame_indices]
     if not indices:
         raise InvalidOptionError("a video needs at least one frame index")
     if not fps or fps <= 0:

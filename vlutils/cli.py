@@ -23,7 +23,7 @@ from .pool import run_parallel
 
 logger = logging.getLogger("vlutils.cli")
 
-_SOURCE_KEYS = ("image", "image_url", "video", "video_url")
+_SOURCE_KEYS = ("image", "image_url", "video", "video_url", "url", "path")
 
 
 def _rebase_paths(conversations: Any, base_dir: str) -> None:
@@ -87,6 +87,10 @@ def _video_report(item: VisionItem, patch: int) -> dict:
         "backend": metadata.get("video_backend"),
         "resized_size": [int(width), int(height)],
         "visual_tokens": (height // factor) * (width // factor) * (frames // FRAME_FACTOR),
+        # frame lists with real times: the given seconds (padded like the frames) and the
+        # metadata transformers reads them from (frames_indices / fps)
+        **({"timestamps": info["timestamps"], "fps": metadata["fps"], "frames_indices": metadata["frames_indices"]}
+           if "timestamps" in info else {}),
     }
 
 
@@ -123,6 +127,11 @@ def _size(value: Any) -> str:
     return f"{value[0]}x{value[1]}" if value else "?"
 
 
+def _seconds(values: list[float], limit: int = 12) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
 def format_table(report: dict) -> str:
     lines = [f"{report['file']}: {report['total']['items']} visual item(s)"]
     header = f"{'position':<22} {'kind':<6} {'source':<44} {'original':>11} {'resized':>11} {'frames':>7} {'tokens':>8} {'time':>8}"
@@ -136,6 +145,8 @@ def format_table(report: dict) -> str:
             f"{r['position']:<22} {r['kind']:<6} {r['source'][:44]:<44} {_size(r['original_size']):>11} "
             f"{_size(r['resized_size']):>11} {frames:>7} {r['visual_tokens']:>8} {r['seconds']:>7.3f}s"
         )
+        if r.get("timestamps") is not None:
+            lines.append(f"{'':<22} timestamps (s): {_seconds(r['timestamps'])}")
     t = report["total"]
     lines.append(f"total: {t['items']} item(s), {t['errors']} error(s), {t['visual_tokens']} visual tokens, {t['seconds']:.3f}s")
     return "\n".join(lines)

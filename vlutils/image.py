@@ -170,7 +170,37 @@ def fetch_image(ele: dict, image_patch_size: int = 14) -> Image.Image:
     Same signature and result as ``qwen_vl_utils.fetch_image``: a PIL RGB image whose
     sides are multiples of ``image_patch_size * 2``.
     """
-    return load_image_item(ele, image_patch_size)[0]
+    from . import cache as _cache
+
+    cache = _cache.current()
+    key = _cache_key(ele, image_patch_size) if cache is not None else None
+    if key is None:
+        return load_image_item(ele, image_patch_size)[0]
+    return cache.get_or_compute(
+        key, lambda: load_image_item(ele, image_patch_size)[0],
+        size=lambda image: image.width * image.height * len(image.getbands()), copy=lambda image: image.copy(),
+    )
+
+
+_SOURCE_FIELDS = ("type", "image", "image_url", "url", "path", "base64")
+
+
+def _cache_key(ele: Any, image_patch_size: int) -> Any:
+    """The media-cache key of an image item, or None (not cacheable, or let the fetch report
+    what is wrong with it). Runs the safe-mode source checks."""
+    from . import cache as _cache
+
+    if not isinstance(ele, dict):
+        return None
+    try:
+        value = image_source(ele)
+    except VisionInputError:
+        return None
+    identity = _cache.source_identity(value)
+    if identity is None:
+        return None
+    return ("image", identity, _cache.options_key(ele, _SOURCE_FIELDS), image_patch_size, _policy.current(),
+            FetchSettings.from_env())
 
 
 def load_image_item(ele: dict, image_patch_size: int = 14) -> tuple[Image.Image, tuple[int, int]]:

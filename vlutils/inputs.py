@@ -20,7 +20,7 @@ from .errors import InvalidMessageError, InvalidOptionError
 from .processor import get_preset, patchify
 from .rope import get_rope_index
 
-__all__ = ["build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids"]
+__all__ = ["build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids", "sampled_fps"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def build_inputs(
     tokens. ``images`` / ``videos`` are pre-fetched media in prompt order (as
     ``process_vision_info`` returns them; a video may be a ``(frames, metadata)`` pair);
     when both are None the media is fetched here. ``video_kwargs`` is process_vision_info's
-    third value (its ``fps`` list gives Qwen2.5-VL's ``second_per_grid_ts``).
+    third value (its ``fps`` list gives Qwen2.5-VL's ``second_per_grid_ts``; without it the
+    videos' metadata does, as in transformers 5.x, else 2.0).
 
     Returns ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``,
     ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``, ``position_ids``,
@@ -78,10 +79,11 @@ def build_inputs(
     vision = patchify(images=images, videos=frames, model_type=preset)
     video_grid = vision["video_grid_thw"]
 
+    given_fps = (video_kwargs or {}).get("fps")
     timestamps = None
     if model_type == "qwen3_vl" and video_grid is not None:
         timestamps = [
-            _video_timestamps(meta, len(video), preset.merge_size, i)
+            _video_timestamps(meta, len(video), preset.merge_size, i, _nth(given_fps, i))
             for i, (meta, video) in enumerate(zip(metadata, frames))
         ]
     texts = expand_placeholders(
@@ -94,7 +96,7 @@ def build_inputs(
 
     seconds = None
     if model_type == "qwen2_5_vl" and video_grid is not None:
-        fps = (video_kwargs or {}).get("fps", 2.0)
+        fps = given_fps if given_fps is not None else [sampled_fps(meta) for meta in metadata]
         seconds = torch.tensor(second_per_grid_ts_from_fps(fps, video_grid.shape[0], preset.temporal_patch_size))
 
     has_vision = vision["image_grid_thw"] is not None or video_grid is not None
@@ -191,10 +193,32 @@ def _split_video_metadata(videos: Sequence[Any] | None) -> tuple[list | None, li
     return frames, metadata
 
 
-def _video_timestamps(meta: dict | None, n_frames: int, merge_size: int, index: int) -> list[float]:
-    """Qwen3-VL timestamps from the sampled frame indices and the source fps."""
+def sampled_fps(meta: dict | None, default: float = 2.0) -> float:
+    """Frames per second of a sampled video from its metadata, as transformers 5.x's
+    ``VideoMetadata.sampled_fps`` computes it (``len(frames_indices) / total_num_frames * fps``);
+    ``default`` (qwen-vl-utils' 2.0) without metadata."""
+    if not meta or meta.get("fps") is None:
+        return default
+    if meta.get("frames_indices") is None or not meta.get("total_num_frames"):
+        return float(meta["fps"])
+    return len(meta["frames_indices"]) / meta["total_num_frames"] * meta["fps"]
+
+
+def _nth(values: Any, index: int) -> Any:
+    if values is None or isinstance(values, (int, float)):
+        return values
+    return values[index] if index < len(values) else None
+
+
+def _video_timestamps(
+    meta: dict | None, n_frames: int, merge_size: int, index: int, sample_fps: float | None = None
+) -> list[float]:
+    """Qwen3-VL timestamps from the sampled frame indices and the source fps. Without metadata,
+    frames ``0..n-1`` at the sample fps of ``video_kwargs`` (else transformers' 24)."""
     indices = None if meta is None else meta.get("frames_indices")
     fps = None if meta is None else meta.get("fps")
+    if meta is None and sample_fps is not None:
+        fps = sample_fps
     if indices is None:
         indices = list(range(n_frames))
     if fps is None:

@@ -9,6 +9,8 @@ from .errors import InvalidMessageError
 
 VISION_KEYS = ("image", "image_url", "video", "video_url")
 VISION_TYPES = ("image", "image_url", "video", "video_url")
+# transformers' chat-template keys, looked at (in this order) after image/video and *_url
+SOURCE_KEYS = ("url", "path", "base64")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class VisionItem:
         )
 
     @property
+    def has_source(self) -> bool:
+        """Whether the item names a source under any accepted key."""
+        return any(key in self.element for key in VISION_KEYS + SOURCE_KEYS)
+
+    @property
     def position(self) -> str:
         prefix = f"conversation {self.conversation}, " if self.batched else ""
         return f"{prefix}message {self.message}, item {self.item}"
@@ -37,7 +44,9 @@ class VisionItem:
 
 def item_source(element: dict, kind: str) -> Any:
     """The source a content item names for ``kind`` ("image" or "video"): ``element[kind]``, else
-    ``element[kind + "_url"]`` as a string or in the OpenAI form ``{"url": ...}``."""
+    ``element[kind + "_url"]`` as a string or in the OpenAI form ``{"url": ...}``, else
+    transformers' keys ``url`` / ``path`` / ``base64`` (exactly equivalent to ``element[kind]``;
+    a ``base64`` value is always read as base64, never as a path)."""
     if kind in element:
         return element[kind]
     url_key = f"{kind}_url"
@@ -48,7 +57,21 @@ def item_source(element: dict, kind: str) -> Any:
                 raise InvalidMessageError(f"{url_key} object has no 'url' field", value)
             return value["url"]
         return value
-    raise InvalidMessageError(f"content item has no '{kind}' or '{url_key}' field", element)
+    for key in SOURCE_KEYS:
+        if key in element:
+            return _as_base64(element[key]) if key == "base64" else element[key]
+    raise InvalidMessageError(
+        f"content item has no '{kind}', '{url_key}', 'url', 'path' or 'base64' field", element
+    )
+
+
+def _as_base64(value: Any) -> Any:
+    """Mark base64 text so the source resolver decodes it (a data URI stays a data URI)."""
+    from .sources import Base64Text
+
+    if isinstance(value, str) and not value.lstrip()[:5].lower() == "data:":
+        return Base64Text(value)
+    return value
 
 
 def _as_conversations(conversations: Any) -> tuple[list, bool]:

@@ -26,9 +26,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Callable, Iterator
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
 
+from . import cancel as _cancel
 from . import policy as _policy
+from .uris import Base64Text, windows_file_uri_to_path
 from .errors import (
     FetchError,
     FetchTimeoutError,
@@ -107,11 +111,41 @@ class Source:
 _thread_state = threading.local()
 
 
+class _CancellableConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _cancel.watch_socket(self.sock)  # an async caller's cancel wakes the wait for the answer
+
+
+class _CancellableHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _cancel.watch_socket(self.sock)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _CancellableConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _CancellableHTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections register their socket with the cancel token."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 def _session() -> requests.Session:
     """One requests session per thread (sessions are not guaranteed thread-safe)."""
     session = getattr(_thread_state, "session", None)
     if session is None or getattr(_thread_state, "pid", None) != os.getpid():
         session = requests.Session()
+        session.mount("http://", _Adapter())
+        session.mount("https://", _Adapter())
         session.headers["User-Agent"] = "vlutils"
         session.trust_env = True
         _thread_state.session = session
@@ -129,10 +163,15 @@ def download(url: str, dest: BinaryIO, settings: FetchSettings | None = None) ->
     settings = _policy.apply(settings or FetchSettings.from_env())
     attempt = 0
     while True:
+        _cancel.check()
         start_pos = dest.tell()
         try:
             return _download_once(url, dest, settings)
+        except VisionInputError:
+            _cancel.check()  # a socket shut down by a cancel is the cancel, not a network error
+            raise
         except _Retryable as exc:
+            _cancel.check()
             attempt += 1
             if attempt > settings.retries:
                 raise exc.error from None
@@ -169,6 +208,7 @@ def _download_once(url: str, dest: BinaryIO, settings: FetchSettings) -> int:
         except (ValueError, urllib3.exceptions.HTTPError) as exc:  # e.g. LocationParseError from urllib3's connect
             raise FetchError(f"invalid URL: {_short(exc)}", url) from None
         with response:
+            _cancel.check()  # an async caller gave up while the server was answering
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 try:
@@ -213,8 +253,10 @@ def _read_body(response: requests.Response, dest: BinaryIO, settings: FetchSetti
     if declared is not None and declared.isdigit() and int(declared) > settings.max_bytes:
         raise SizeLimitError(f"Content-Length {declared} exceeds the {settings.max_bytes}-byte limit", url)
     written = 0
+    token = _cancel.current()
     try:
         for chunk in _body_chunks(response):
+            _cancel.check(token)
             written += len(chunk)
             if written > settings.max_bytes:
                 raise SizeLimitError(f"body exceeds the {settings.max_bytes}-byte limit", url)
@@ -291,10 +333,14 @@ def decode_base64(text: str, original: Any = None) -> bytes:
     return data
 
 
-def file_uri_to_path(uri: str) -> str:
+def file_uri_to_path(uri: str, os_name: str | None = None) -> str:
     """``file:///a%20b.jpg`` -> ``/a b.jpg``. Falls back to the raw text after ``file://``
-    (what qwen-vl-utils did) when only that exists on disk."""
+    (what qwen-vl-utils did) when only that exists on disk. On Windows (``os_name == "nt"``)
+    drive-letter and UNC forms map to Windows paths (:func:`windows_file_uri_to_path`)."""
     raw = uri[len("file://"):]
+    if (os.name if os_name is None else os_name) == "nt":
+        decoded = windows_file_uri_to_path(uri)
+        return raw if not os.path.exists(decoded) and os.path.exists(raw) else decoded
     try:
         parsed = urllib.parse.urlsplit(uri)
     except ValueError:  # "file://[x": not a URL after all, only a (strange) path
@@ -334,6 +380,7 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
     With ``download_urls=False`` an http(s) URL is returned as ``kind="url"`` (``path``
     holds the URL) so that video code can stream it to a temporary file instead.
     """
+    _cancel.check()
     settings = _policy.apply(settings if settings is not None else FetchSettings.from_env())
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
@@ -352,6 +399,9 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
             "base64 string, bytes, PIL.Image, numpy array or torch tensor",
             value,
         )
+    if isinstance(value, Base64Text):
+        _policy.check_scheme("base64", value)
+        return Source("bytes", value, data=decode_base64(value, value))
     text = value.strip()
     if not text:
         raise InvalidMessageError("empty source string", value)

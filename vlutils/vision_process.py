@@ -15,12 +15,14 @@ from .resize import check_number
 logger = logging.getLogger(__name__)
 
 
-def _fetch_one(item: VisionItem, image_patch_size: int, return_video_metadata: bool) -> tuple[str, Any, Any]:
+def _fetch_one(
+    item: VisionItem, image_patch_size: int, return_video_metadata: bool, frames_patch_grid: bool = False
+) -> tuple[str, Any, Any]:
     try:
         element = item.element
-        if "image" in element or "image_url" in element:
+        if not item.is_video and item.has_source:
             return "image", fetch_image(element, image_patch_size=image_patch_size), None
-        if item.is_video and ("video" in element or "video_url" in element):
+        if item.has_source:
             from .video import fetch_video
 
             video, sample_fps = fetch_video(
@@ -28,6 +30,7 @@ def _fetch_one(item: VisionItem, image_patch_size: int, return_video_metadata: b
                 image_patch_size=image_patch_size,
                 return_video_sample_fps=True,
                 return_video_metadata=return_video_metadata,
+                frames_patch_grid=frames_patch_grid,
             )
             return "video", video, sample_fps
         raise InvalidMessageError(
@@ -55,6 +58,8 @@ def process_vision_info(
     return_video_kwargs: bool = False,
     return_video_metadata: bool = False,
     image_patch_size: int = 14,
+    *,
+    frames_patch_grid: bool = False,
 ):
     """Load every image and video referenced by ``conversations``.
 
@@ -64,15 +69,21 @@ def process_vision_info(
     ``return_video_metadata``), ``None`` when there are none. Items are fetched in a
     bounded thread pool (one thread per core for local items, a few more when downloading);
     results keep input order. A failing item raises as soon as it fails, with its position in
-    the conversation named.
+    the conversation named. ``frames_patch_grid``: see ``fetch_video`` (off: the reference's
+    frame-list resize).
     """
     check_number("image_patch_size", image_patch_size, integer=True)
     items = iter_vision_items(conversations)
     _policy.check_item_count(len(items))  # safe mode: bounded work per call
     results = run_parallel(
-        lambda item: _fetch_one(item, image_patch_size, return_video_metadata), items, io_bound=_downloads(items)
+        lambda item: _fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid), items,
+        io_bound=_downloads(items),
     )
+    return assemble(results, return_video_kwargs, return_video_metadata)
 
+
+def assemble(results: list[tuple[str, Any, Any]], return_video_kwargs: bool, return_video_metadata: bool):
+    """process_vision_info's return value from the per-item results (shared with the async API)."""
     image_inputs = [value for kind, value, _ in results if kind == "image"] or None
     video_inputs = [value for kind, value, _ in results if kind == "video"] or None
     sample_fps = [fps for kind, _, fps in results if kind == "video"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import cancel
 from .. import policy as _policy
 from ..errors import describe_source, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError
 from ..messages import item_source
@@ -67,6 +68,7 @@ def fetch_video(
     output_dtype: torch.dtype = torch.float32,
     fast_resize: bool = False,
     fetch_settings: FetchSettings | None = None,
+    frames_patch_grid: bool = False,
 ) -> Any:
     """Load, sample and resize one video item; same arguments and return values as
     ``qwen_vl_utils.fetch_video`` (``video``, ``(video, metadata)``, and ``..., sample_fps``).
@@ -75,7 +77,10 @@ def fetch_video(
     ``timeout`` seconds for decoding (else ``VLUTILS_VIDEO_TIMEOUT``, else 300),
     ``output_dtype`` (``torch.uint8`` holds the same values in 4x less memory) and
     ``fast_resize`` (scale inside FFmpeg with the pyav backend: much faster, not
-    pixel-identical to the reference).
+    pixel-identical to the reference). ``frames_patch_grid``: resize each frame of a frame
+    list on the patch-size grid first (upstream qwen-vl-utils' later fix, commit fe12058)
+    instead of 0.0.14's doubled factor. A frame list may carry ``"timestamps"`` (seconds, one
+    per frame): they set the sample fps and the metadata (see :mod:`vlutils.video.frames`).
     """
     value = video_source(ele)
     check_number("image_patch_size", image_patch_size, integer=True)
@@ -88,13 +93,65 @@ def fetch_video(
             check_number(key, ele[key], source=_label(value))
     if "fps" in ele and "nframes" in ele:
         raise InvalidOptionError("give either `fps` or `nframes`, not both", _label(value))
+    from .. import cache as _cache
+
+    cache = _cache.current()
+    key = None
+    if cache is not None:
+        key = _cache_key(ele, value, image_patch_size, backend, output_dtype, fast_resize, fetch_settings,
+                         frames_patch_grid)
+    args = (ele, value, image_patch_size, backend, timeout, output_dtype, fast_resize, fetch_settings,
+            frames_patch_grid)
+    if key is None:
+        video, metadata, sample_fps = _fetch_any(*args)
+    else:
+        video, metadata, sample_fps = cache.get_or_compute(
+            key, lambda: _fetch_any(*args), size=lambda r: r[0].numel() * r[0].element_size(), copy=_copy_result,
+        )
+    result = (video, metadata) if return_video_metadata else video
+    if return_video_sample_fps:
+        return result, sample_fps
+    return result
+
+
+def _copy_result(result: tuple) -> tuple:
+    video, metadata, sample_fps = result
+    copied = VideoMetadata({k: list(v) if isinstance(v, list) else v for k, v in metadata.items()})
+    copied.info = dict(metadata.info)
+    return video.clone(), copied, sample_fps
+
+
+_SOURCE_FIELDS = ("type", "video", "video_url", "url", "path", "base64")
+
+
+def _cache_key(ele, value, image_patch_size, backend, output_dtype, fast_resize, fetch_settings, patch_grid):
+    """The media-cache key of a video item (None: not cacheable). Runs the safe-mode source checks."""
+    from .. import cache as _cache
+
+    identity = _cache.source_identity(value)
+    if identity is None:
+        return None
+    is_list = isinstance(value, (list, tuple))
+    backend_name = None if is_list else (backend if backend is not None else get_video_reader_backend())
+    return ("video", identity, _cache.options_key(ele, _SOURCE_FIELDS), image_patch_size, backend_name,
+            str(output_dtype), bool(fast_resize) and not is_list, bool(patch_grid) and is_list, _policy.current(),
+            fetch_settings or FetchSettings.from_env(), max_video_bytes())
+
+
+def _fetch_any(ele, value, image_patch_size, backend, timeout, output_dtype, fast_resize, fetch_settings,
+               frames_patch_grid):
+    """(video, metadata, sample_fps) of a file, URL, bytes or frame list, uncached."""
     # read the policy here: the decode thread and frame pool do not inherit contextvars
     max_frames = _policy.limit("max_frames", None)
     if isinstance(value, (list, tuple)):
         if max_frames is not None and len(value) > max_frames:
             raise SizeLimitError(f"{len(value)} frames, over the {int(max_frames)}-frame limit", _label(value))
-        video, metadata, sample_fps = _fetch_frame_list(ele, value, image_patch_size, output_dtype)
+        video, metadata, sample_fps = _fetch_frame_list(
+            ele, value, image_patch_size, output_dtype, bool(frames_patch_grid)
+        )
     elif isinstance(value, (str, bytes, bytearray, memoryview, os.PathLike)):
+        if ele.get("timestamps") is not None:
+            raise InvalidOptionError("timestamps apply to frame lists only (a file has its own)", _label(value))
         video, metadata, sample_fps = _fetch_file(
             ele, value, image_patch_size, backend, _policy.limit("decode_timeout", video_timeout(timeout)),
             output_dtype, bool(fast_resize), fetch_settings, max_frames,
@@ -104,10 +161,7 @@ def fetch_video(
             f"unsupported video type {type(value).__name__}; expected a path, URL, data URI, bytes or a list of frames",
             value,
         )
-    result = (video, metadata) if return_video_metadata else video
-    if return_video_sample_fps:
-        return result, sample_fps
-    return result
+    return video, metadata, sample_fps
 
 
 def _label(value: Any) -> Any:
@@ -130,6 +184,7 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
                 max_frames=None, resize=True):
     started = time.monotonic()
     backend = resolve_backend(backend_name if backend_name is not None else get_video_reader_backend())
+    backend = cancel.wrap_backend(backend, cancel.current())  # async callers: stop between frames on cancel
 
     def plan(probe: Probe) -> Plan:
         start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
@@ -197,9 +252,10 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
     return result.video, metadata, sample_fps
 
 
-def _fetch_frame_list(ele, frames, image_patch_size, output_dtype):
+def _fetch_frame_list(ele, frames, image_patch_size, output_dtype, patch_grid=False):
     started = time.monotonic()
-    video, raw_metadata, sample_fps = load_frame_list(ele, frames, image_patch_size)
+    video, raw_metadata, sample_fps = load_frame_list(ele, frames, image_patch_size, patch_grid)
+    timestamps = raw_metadata.pop("timestamps", None)
     nframes, _, height, width = video.shape
     resized_height, resized_width = video_target_size(ele, nframes, height, width, image_patch_size)
     check_output_size(nframes, resized_height, resized_width, source="<list of frames>")
@@ -210,7 +266,10 @@ def _fetch_frame_list(ele, frames, image_patch_size, output_dtype):
     metadata.info.update(
         sample_fps=sample_fps, nframes=int(nframes), resized_height=resized_height, resized_width=resized_width,
         source_height=int(height), source_width=int(width), decoder="frames", seconds=time.monotonic() - started,
+        frames_patch_grid=patch_grid,
     )
+    if timestamps is not None:
+        metadata.info["timestamps"] = timestamps
     return out, metadata, sample_fps
 
 
