@@ -30,6 +30,11 @@ from .base import FrameSink, Probe
 
 logger = logging.getLogger(__name__)
 
+# Decoders whose skip_frame=NONREF skips only frames nothing references (checked against a
+# sequential decode in tests/test_video_segments.py). libdav1d (AV1) is not one: skipping
+# there changed frames the caller wanted, so other codecs decode every frame.
+SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
+
 
 def _open_container(path: str, source: Any):
     return open_container(path, source)
@@ -57,6 +62,8 @@ class PyAVReader:
         if self._index is None:
             self._index = read_frame_index(self.path, self.source)
             self._sorted_pts, self._index_of = self._index.sorted_pts, self._index.index_of
+            if self._index.probe.codec not in SKIP_NONREF_CODECS:
+                self.skip_nonref = False
         return self._index.probe
 
     # ------------------------------------------------------------------- read

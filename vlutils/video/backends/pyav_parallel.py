@@ -94,7 +94,7 @@ def _run_workers(reader, index, segments, workers, codec_threads, sink, should_s
                 reader.seeks += stats["seeks"]
                 reader.decoded += stats["decoded"]
 
-    threads = [threading.Thread(target=work, name=f"vlutils-pyav-{i}", daemon=True) for i in range(workers)]
+    threads = [threading.Thread(target=work, name=f"vlutils-video-pyav-{i}", daemon=True) for i in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
