@@ -18,7 +18,7 @@ from _video_helpers import VIDEO_DIR, fixture
 from vlutils.errors import DecodeError, InvalidOptionError
 from vlutils.video import fetch_video
 from vlutils.video.backends.pyav import PyAVReader
-from vlutils.video.index import read_frame_index
+from vlutils.video.backends.pyav_index import read_frame_index
 from vlutils.video.segments import keyframe_before, plan_runs, plan_segments
 from vlutils.video.threads import BUDGET, THREADS_ENV, ThreadBudget, in_worker_process, video_threads
 
@@ -72,10 +72,9 @@ def read_raw(name: str, wanted: list[int], workers: int, monkeypatch) -> tuple[d
 
 
 def selections(total: int, rng: random.Random) -> list[list[int]]:
-    """Every frame, a sparse evenly spaced set, and random subsets."""
+    """Every frame, a sparse evenly spaced set, and a random subset of random size."""
     picks = [list(range(total)), sorted({round(i * (total - 1) / 7) for i in range(8)})]
-    for size in (1, 5, max(2, total // 3)):
-        picks.append(sorted(rng.sample(range(total), min(size, total))))
+    picks.append(sorted(rng.sample(range(total), rng.randint(1, total))))
     return picks
 
 

@@ -1,6 +1,6 @@
 """PyAV backend (the default): FFmpeg bundled with the ``av`` wheel, works everywhere.
 
-Why it is fast and small: the frame index (:mod:`..index`: MP4/MOV sample tables, else
+Why it is fast and small: the frame index (:mod:`.pyav_index`: MP4/MOV sample tables, else
 one cheap packet scan) gives the exact frame count, timestamps and keyframes. When the
 container seeks exactly (mp4/mov, mkv/webm, avi) the wanted frames are planned into
 keyframe segments (:mod:`..segments`) decoded by several decoders at once
@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import DecodeError
-from ..index import FrameIndex, import_av as _import_av, open_container, read_frame_index, short_error as _short
-from ..index import video_stream as _video_stream
+from .pyav_index import FrameIndex, import_av as _import_av, open_container, read_frame_index, short_error as _short
+from .pyav_index import video_stream as _video_stream
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
 
@@ -58,7 +58,7 @@ class PyAVReader:
 
     # ------------------------------------------------------------------ probe
     def probe(self) -> Probe:
-        """Frame count, timestamps and keyframes (:func:`..index.read_frame_index`)."""
+        """Frame count, timestamps and keyframes (:func:`.pyav_index.read_frame_index`)."""
         if self._index is None:
             self._index = read_frame_index(self.path, self.source)
             self._sorted_pts, self._index_of = self._index.sorted_pts, self._index.index_of

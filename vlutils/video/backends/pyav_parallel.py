@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from ...errors import DecodeError
-from ..index import FrameIndex, import_av, open_container, short_error, video_stream
+from .pyav_index import FrameIndex, import_av, open_container, short_error, video_stream
 from ..segments import Segment, plan_segments
 from ..threads import BUDGET, video_threads
 

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DecodeError
-from .backends.base import Probe
+from ...errors import DecodeError
+from .base import Probe
 from .mp4index import sample_table_index
 
 logger = logging.getLogger(__name__)
