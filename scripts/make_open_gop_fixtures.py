@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Generate the open-GOP fixtures in fixtures/video/ (decord returns wrong frames on them).
+"""Generate the open-GOP fixtures in fixtures/video/ (decord returns wrong frames on them),
+and an AVI whose timestamps follow decode order.
 
 Usage: python scripts/make_open_gop_fixtures.py [--out fixtures/video] [--force]
 
@@ -38,6 +39,9 @@ OPEN_GOP_FIXTURES = {
         codec="libx264", width=160, height=96, nframes=144,
         options={"x264-params": "keyint=48:min-keyint=48:scenecut=0:open-gop=1:bframes=3:b-pyramid=normal"},
     ),
+    # h264 with B-frames in AVI: AVI stores no presentation times, so the packets' timestamps
+    # follow decode order; frames must be counted in display order instead
+    "h264_bframes.avi": dict(codec="libx264", width=176, height=144, nframes=96, rate=25, options={"g": "24", "bf": "2"}),
 }
 
 

@@ -76,6 +76,7 @@ def read_frame_index(path: str, source: Any = None, *, use_sample_tables: bool =
         time_base = stream.time_base
         rate = stream.average_rate or stream.guessed_rate
         codec = stream.codec_context.name
+        reorders = bool(stream.codec_context.has_b_frames)
         declared_frames = stream.frames or 0
         declared_seconds = None
         if stream.duration and time_base:
@@ -110,7 +111,12 @@ def read_frame_index(path: str, source: Any = None, *, use_sample_tables: bool =
             source,
         )
     sorted_pts = index_of = timestamps = keyframes = None
-    if None not in stamps and len(set(stamps)) == len(stamps):
+    if reorders and len(stamps) > 2 and None not in stamps and all(a < b for a, b in zip(stamps, stamps[1:])):
+        # the codec shows frames in another order than it decodes them, yet the timestamps
+        # follow decode order: they were made up by the container (h264 with B-frames in
+        # AVI), so frames are counted in the order the decoder shows them instead
+        logger.info("%s: packet timestamps follow decode order; frames are counted in display order", path)
+    elif None not in stamps and len(set(stamps)) == len(stamps):
         sorted_pts = sorted(stamps)
         index_of = {pts: i for i, pts in enumerate(sorted_pts)}
         first = sorted_pts[0]
