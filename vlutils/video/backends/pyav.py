@@ -23,10 +23,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import DecodeError
-from .pyav_index import FrameIndex, import_av as _import_av, open_container, read_frame_index, short_error as _short
-from .pyav_index import video_stream as _video_stream
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
+from .pyav_index import FrameIndex, open_container, read_frame_index
+from .pyav_index import import_av as _import_av, short_error as _short, video_stream as _video_stream
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 # sequential decode in tests/test_video_segments.py). libdav1d (AV1) is not one: skipping
 # there changed frames the caller wanted, so other codecs decode every frame.
 SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
-
-
-def _open_container(path: str, source: Any):
-    return open_container(path, source)
 
 
 class PyAVReader:
@@ -89,7 +85,7 @@ class PyAVReader:
         av = _import_av()
         granted = BUDGET.acquire(video_threads())
         try:
-            container = _open_container(self.path, self.source)
+            container = open_container(self.path, self.source)
         except BaseException:
             BUDGET.release(granted)
             raise
