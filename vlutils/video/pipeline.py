@@ -282,6 +282,9 @@ def _store(video: torch.Tensor, slots: list[int], frame: np.ndarray, fast_resize
     chw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # channels-last, as the reference
     if fast_resize and tuple(chw.shape[-2:]) == (height, width):
         resized = chw
+    elif len(slots) == 1 and video.dtype == torch.float32:
+        resize_exact(chw, height, width, out=video[slots[0] : slots[0] + 1])  # straight into the output
+        return 1
     else:
         resized = resize_exact(chw, height, width)
     for slot in slots:
