@@ -166,6 +166,22 @@ def test_sample_table_index_equals_packet_scan(name):
     assert fast.sorted_pts == scan.sorted_pts
 
 
+def test_fragmented_mp4_is_scanned(tmp_path):
+    """Fragmented MP4 keeps its samples in moof boxes the sample tables do not list."""
+    import sys
+
+    sys.path.insert(0, str(VIDEO_DIR.parent.parent / "scripts"))
+    from make_video_fixtures import encode
+
+    path = tmp_path / "frag.mp4"
+    encode(path, codec="libx264", width=128, height=96, nframes=60, options={"g": "15"},
+           container_options={"movflags": "frag_keyframe+empty_moov"})
+    fast = read_frame_index(str(path), "frag.mp4")
+    scan = read_frame_index(str(path), "frag.mp4", use_sample_tables=False)
+    assert fast.method == "packets" and fast.probe.total_frames == scan.probe.total_frames == 60
+    assert fast.probe.keyframes == scan.probe.keyframes and len(fast.probe.keyframes) > 1
+
+
 def test_truncated_mp4_falls_back_to_the_scan(tmp_path):
     data = open(fixture("h264_faststart_25fps.mp4"), "rb").read()
     path = tmp_path / "cut.mp4"
