@@ -266,3 +266,38 @@ def test_stop_flag_ends_every_worker(monkeypatch):
         time.sleep(0.02)
     assert not ({t.ident for t in threading.enumerate()} - before)
     assert len(sink.frames) < 300
+
+
+def test_stuck_worker_hits_the_time_limit_and_the_others_stop(monkeypatch):
+    """One worker blocks (as in a C call that never returns): the call raises
+    DecodeTimeoutError at its limit, every other worker ends, and so does the stuck one
+    once it returns."""
+    from vlutils.errors import DecodeTimeoutError
+    from vlutils.video import pipeline
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    release = threading.Event()
+    real_store = pipeline._store
+
+    def store(video, slots, frame, fast_resize):
+        if slots and slots[0] == 5:
+            release.wait(30)  # stuck
+        return real_store(video, slots, frame, fast_resize)
+
+    monkeypatch.setattr(pipeline, "_store", store)
+    before = {t.ident for t in threading.enumerate()}
+    start = time.monotonic()
+    with pytest.raises(DecodeTimeoutError, match="longer than 1s"):
+        fetch_video({"video": fixture("h264_long_gop.mp4"), "nframes": 40}, timeout=1.0)
+    assert time.monotonic() - start < 3
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and len({t.ident for t in threading.enumerate()} - before) > 1:
+        time.sleep(0.02)
+    left = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert len(left) <= 1, left  # only the stuck worker
+    release.set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and {t.ident for t in threading.enumerate()} - before:
+        time.sleep(0.02)
+    assert not ({t.ident for t in threading.enumerate()} - before)
+    assert BUDGET.in_use == 0
