@@ -8,7 +8,8 @@ reports the time of the call alone (imports excluded) and the process's peak RSS
     python bench/bench_video.py --repeat 3 --json bench/out/video.json
 
 Videos are generated once into bench/media/ (git-ignored) with PyAV: FFmpeg's testsrc2
-pattern encoded with libx264 (preset veryfast, default B-frames and GOP).
+pattern encoded with libx264 (see MEDIA: preset veryfast, a keyframe every 250 frames; the
+10-minute file without B-frames). `--runners vlutils-pyav-w4` sets VLUTILS_VIDEO_THREADS=4.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -28,43 +30,51 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 logger = logging.getLogger("bench_video")
 
+# name: (width, height, seconds, x264 options). The frames of FFmpeg's lavfi source are
+# marked as I-frames, which x264 would obey (an all-intra file): generate() clears that,
+# so x264 picks the frame types: a keyframe every 250 frames (~8 s).
 MEDIA = {
-    "h264_640x480_60s.mp4": (640, 480, 60),
-    "h264_854x480_10min.mp4": (854, 480, 600),
-    "h264_1920x1080_30s.mp4": (1920, 1080, 30),
+    "h264_640x480_60s_high.mp4": (640, 480, 60, {"preset": "veryfast"}),  # High profile, B-frames
+    "h264_854x480_10min_nob.mp4": (854, 480, 600, {"preset": "veryfast", "bf": "0"}),  # no B-frames
+    "h264_1920x1080_30s_high.mp4": (1920, 1080, 30, {"preset": "veryfast"}),
 }
 CASES = {
-    "60s": ("h264_640x480_60s.mp4", {}),
-    "10min": ("h264_854x480_10min.mp4", {}),
-    "1080p": ("h264_1920x1080_30s.mp4", {}),
-    "sparse16": ("h264_854x480_10min.mp4", {"nframes": 16}),
+    "60s": ("h264_640x480_60s_high.mp4", {}),
+    "10min": ("h264_854x480_10min_nob.mp4", {}),
+    "1080p": ("h264_1920x1080_30s_high.mp4", {}),
+    "sparse16": ("h264_854x480_10min_nob.mp4", {"nframes": 16}),
 }
 RUNNERS = [
     "reference-decord",
     "vlutils-pyav",
+    "vlutils-pyav-w1",  # VLUTILS_VIDEO_THREADS=1: one decoder
+    "vlutils-pyav-w2",  # two decoders (any -wN works)
     "vlutils-pyav-uint8",
     "vlutils-pyav-fast",
     "vlutils-decord",
     "vlutils-torchcodec",
     "floor-pyav",
     "floor-ffmpeg",
+    "floor-ffmpeg-t1",  # ffmpeg -threads 1: one decoding core, the issue's yardstick
 ]
 
 
 # ----------------------------------------------------------------------------- media
-def generate(path: Path, width: int, height: int, seconds: int, rate: int = 30) -> None:
-    """testsrc2 -> libx264 (veryfast) with PyAV; written to a temp name, then renamed."""
+def generate(path: Path, width: int, height: int, seconds: int, options: dict, rate: int = 30) -> None:
+    """testsrc2 -> libx264 with PyAV; written to a temp name, then renamed."""
     import av
 
     tmp = path.with_suffix(".part.mp4")
     logger.info("generating %s (%dx%d, %ds)...", path.name, width, height, seconds)
     src = av.open(f"testsrc2=size={width}x{height}:rate={rate}:duration={seconds}", format="lavfi")
     with src, av.open(str(tmp), "w") as out:
-        stream = out.add_stream("libx264", rate=rate, options={"preset": "veryfast"})
+        stream = out.add_stream("libx264", rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in src.decode(video=0):
+            frame = frame.reformat(format="yuv420p")
             frame.pts = None
-            for packet in stream.encode(frame.reformat(format="yuv420p")):
+            frame.pict_type = av.video.frame.PictureType.NONE  # let x264 choose (see MEDIA)
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
@@ -82,6 +92,12 @@ def ensure_media(media: Path, names: set[str]) -> None:
 def peak_rss_mb() -> float:
     """Peak RSS of this process (the kernel's exact high-water mark)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds(who: int) -> float:
+    """User + system CPU time (all threads): less sensitive to other jobs than wall time."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 class TreeSampler:
@@ -122,14 +138,16 @@ class TreeSampler:
 def child(runner: str, path: str, options: dict) -> dict:
     """Run one measurement in this (fresh) process and return its figures."""
     ele = {"video": path, **options}
-    if runner == "floor-ffmpeg":
+    if runner.startswith("floor-ffmpeg"):
         ffmpeg = shutil.which("ffmpeg")
         if not ffmpeg:
             return {"skipped": "ffmpeg CLI not installed"}
+        threads = "1" if runner.endswith("-t1") else "0"
+        cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([ffmpeg, "-v", "error", "-threads", "0", "-i", path, "-map", "0:v:0", "-f", "null", "-"],
+        subprocess.run([ffmpeg, "-v", "error", "-threads", threads, "-i", path, "-map", "0:v:0", "-f", "null", "-"],
                        check=True)
-        return {"seconds": time.perf_counter() - start}
+        return {"seconds": time.perf_counter() - start, "cpu_s": cpu_seconds(resource.RUSAGE_CHILDREN) - cpu}
     if runner == "floor-pyav":
         import av
 
@@ -155,6 +173,9 @@ def child(runner: str, path: str, options: dict) -> dict:
         if reason:
             return {"skipped": reason}
         kwargs = {"backend": backend}
+        workers = re.fullmatch(r"vlutils-pyav-w(\d+)", runner)
+        if workers:
+            os.environ["VLUTILS_VIDEO_THREADS"] = workers.group(1)
         if runner.endswith("-uint8"):
             kwargs["output_dtype"] = torch.uint8
         if runner.endswith("-fast"):
@@ -162,11 +183,14 @@ def child(runner: str, path: str, options: dict) -> dict:
         call = lambda: fetch_video(ele, return_video_sample_fps=True, **kwargs)  # noqa: E731
     base_rss = peak_rss_mb()
     with TreeSampler() as tree:
+        cpu = cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         video, sample_fps = call()
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
     return {
         "seconds": seconds,
+        "cpu_s": cpu,
         "peak_rss_mb": max(peak_rss_mb(), tree.peak),
         "rss_before_mb": base_rss,
         "output_mb": video.numel() * video.element_size() / 2**20,
@@ -179,6 +203,7 @@ def run_child(runner: str, case: str, media: Path, timeout: float) -> dict:
     name, options = CASES[case]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", runner, str(media / name), json.dumps(options)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    load = os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -186,32 +211,36 @@ def run_child(runner: str, case: str, media: Path, timeout: float) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:200]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "load": load}
 
 
 # ----------------------------------------------------------------------------- table
 def table(results: dict) -> str:
     """Markdown table. "overhead" = peak RSS - RSS just before the call - output tensor:
-    the memory the call needed beyond its result (the torch import alone is ~500 MB)."""
-    rows = ["| case | runner | time (s) | vs reference | vs floor | peak RSS (MB) | before call (MB) "
-            "| output (MB) | overhead (MB) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    the memory the call needed beyond its result (the torch import alone is ~500 MB).
+    "x ffmpeg -threads 1": our time as a fraction of one-core FFmpeg's full decode.
+    "load": the 1-minute load average when the measurement started (shared machine)."""
+    rows = ["| case | runner | time (s) | CPU (s) | vs reference | x ffmpeg -threads 1 | peak RSS (MB) | before call (MB) "
+            "| output (MB) | overhead (MB) | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case, by_runner in results.items():
         ref = by_runner.get("reference-decord", {}).get("seconds")
-        floors = [by_runner.get(r, {}).get("seconds") for r in ("floor-pyav", "floor-ffmpeg")]
-        floor = min((f for f in floors if f), default=None)
+        one_core = by_runner.get("floor-ffmpeg-t1", {}).get("seconds")
         for runner, r in by_runner.items():
             if "seconds" not in r:
-                rows.append(f"| {case} | {runner} | {r.get('skipped') or r.get('error')} | | | | | | |")
+                rows.append(f"| {case} | {runner} | {r.get('skipped') or r.get('error')} | | | | | | | | |")
                 continue
             s = r["seconds"]
             vs_ref = f"{ref / s:.2f}x faster" if ref and not runner.startswith(("reference", "floor")) else ""
-            vs_floor = f"{s / floor:.2f}x" if floor and not runner.startswith("floor") else ""
+            vs_floor = f"{s / one_core:.2f}x" if one_core and not runner.startswith("floor-ffmpeg") else ""
             cells = [f"{r[k]:.0f}" if r.get(k) is not None else "" for k in ("peak_rss_mb", "rss_before_mb", "output_mb")]
             overhead = ""
             if r.get("output_mb") is not None:
                 overhead = f"{r['peak_rss_mb'] - r['rss_before_mb'] - r['output_mb']:.0f}"
-            rows.append(f"| {case} | {runner} | {s:.2f} | {vs_ref} | {vs_floor} | {' | '.join(cells)} | {overhead} |")
+            load = f"{r['load']:.1f}" if r.get("load") is not None else ""
+            cpu = f"{r['cpu_s']:.2f}" if r.get("cpu_s") is not None else ""
+            rows.append(f"| {case} | {runner} | {s:.2f} | {cpu} | {vs_ref} | {vs_floor} | {' | '.join(cells)} "
+                        f"| {overhead} | {load} |")
     return "\n".join(rows)
 
 
@@ -232,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in args.cases.split(",") if c]
     runners = [r for r in args.runners.split(",") if r]
     for name in cases + runners:
-        if name not in CASES and name not in RUNNERS:
+        if name not in CASES and name not in RUNNERS and not re.fullmatch(r"vlutils-pyav-w\d+", name):
             parser.error(f"unknown case/runner {name!r}")
     media = Path(args.media)
     ensure_media(media, {CASES[c][0] for c in cases})
@@ -240,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         results[case] = {}
         for runner in runners:
-            if case == "sparse16" and runner.startswith("floor"):
+            if case == "sparse16" and runner.startswith("floor") and runner != "floor-ffmpeg-t1":
                 continue
             best: dict = {}
             for _ in range(args.repeat):

@@ -1,7 +1,7 @@
 """Peak RSS of one default ``fetch_video`` call against the size of its output.
 
 Run it with each environment's Python to see what the torch build alone costs, e.g.
-``.venv-cpu/bin/python bench/rss_video.py bench/media/h264_854x480_10min.mp4`` (CPU torch) and
+``.venv-cpu/bin/python bench/rss_video.py bench/media/h264_854x480_10min_nob.mp4`` (CPU torch) and
 ``.venv/bin/python bench/rss_video.py ...`` (the CUDA build the tests use). The media are made by
 ``bench/bench_video.py``.
 """

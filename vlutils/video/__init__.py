@@ -5,6 +5,7 @@ lazily: nothing here loads decord, torchcodec or torchvision at import time.
 """
 
 from .backends import VIDEO_READER_BACKENDS, get_video_reader_backend
+from .backends.pyav_index import FrameIndex, read_frame_index
 from .fetch import fetch_video, video_source, video_timeout
 from .metadata import VideoMetadata
 from .sampling import calculate_video_frame_range, smart_nframes
@@ -18,4 +19,6 @@ __all__ = [
     "VideoMetadata",
     "video_source",
     "video_timeout",
+    "read_frame_index",
+    "FrameIndex",
 ]

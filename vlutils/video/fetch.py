@@ -245,6 +245,8 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
         fast_resize=fast_resize and backend.supports_fast_resize,
         seeks=getattr(result.reader, "seeks", None),
         frames_decoded=getattr(result.reader, "decoded", None),
+        decode_workers=getattr(result.reader, "workers", None),
+        frame_index=result.probe.extra.get("index"),
         seconds=time.monotonic() - started,
     )
     logger.info("video %s: %d frames @ %.3g fps -> %s via %s in %.2fs", _short_label(value), nframes, sample_fps,

@@ -1,12 +1,14 @@
 """Run one backend with a deadline and stream its frames into a preallocated output.
 
-Decoding runs in a worker thread; a small pool resizes frames as they arrive (FFmpeg
-and torch both release the GIL, so they overlap). A bounded queue and a bounded number
-of pending resizes keep at most a few full-size frames alive. The caller stops waiting at the
-deadline and raises :class:`DecodeTimeoutError`; the worker notices between frames and
-exits. A reader with ``abort()`` (decord, which runs in a child process) is killed
-at the deadline; for the in-process backends a C call that never returns leaves only
-that daemon thread behind.
+Decoding runs in a worker thread. Backends that decode with several threads of their own
+(pyav: ``direct_output``) resize each frame in the thread that decoded it, straight into
+its slot of the output (:class:`_DirectSink`). For the others a small pool resizes frames
+as they arrive (FFmpeg and torch both release the GIL, so they overlap); a bounded queue
+and a bounded number of pending resizes keep at most a few full-size frames alive. The
+caller stops waiting at the deadline and raises :class:`DecodeTimeoutError`; the workers
+notice between packets and exit. A reader with ``abort()`` (decord, which runs in a child
+process) is killed at the deadline; for the in-process backends a C call that never
+returns leaves only that daemon thread behind.
 """
 
 from __future__ import annotations
@@ -90,6 +92,46 @@ class _Sink:
                 continue
 
 
+class _DirectSink(_Sink):
+    """Resizes each frame in the calling (decoding) thread into its output slots; thread-safe.
+    The output is allocated when the first frame's size is known."""
+
+    def __init__(self, q: queue.Queue, stop: threading.Event, size_fn, fast: bool, out_dtype: torch.dtype):
+        super().__init__(q, stop, size_fn, fast)
+        self._lock = threading.Lock()
+        self._dtype = out_dtype
+        self.slots: dict[int, list[int]] = {}
+        self.count = 0
+        self.video: torch.Tensor | None = None
+        self._filled: set[int] = set()
+
+    def set_plan(self, plan: Plan) -> None:
+        for slot, index in enumerate(plan.indices):
+            self.slots.setdefault(index, []).append(slot)
+        self.count = len(plan.indices)
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        with self._lock:
+            if self.size is None:
+                self.source_size = (int(height), int(width))
+                size = self._size_fn(int(height), int(width))
+                self.video = torch.empty((self.count, 3, *size), dtype=self._dtype)
+                self.size = size
+            return self.size
+
+    def put(self, index: int, frame: np.ndarray) -> None:
+        if self.size is None:
+            self.target_size(frame.shape[0], frame.shape[1])
+        slots = self.slots.get(index, ())
+        _store(self.video, slots, frame, self.fast_resize)
+        with self._lock:
+            self._filled.update(slots)
+
+    @property
+    def filled(self) -> int:
+        return len(self._filled)
+
+
 def decode_video(
     backend: Backend,
     path: str,
@@ -107,16 +149,21 @@ def decode_video(
     deadline = started + timeout
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
-    sink = _Sink(q, stop, size_fn, fast_resize)
+    direct = bool(getattr(backend, "direct_output", False))
+    sink = _DirectSink(q, stop, size_fn, fast_resize, out_dtype) if direct else _Sink(q, stop, size_fn, fast_resize)
     state: dict[str, Any] = {}
 
     def work() -> None:
         reader = None
         try:
+            if direct:
+                _single_thread_resize()  # this thread may resize frames (pyav's forward pass)
             reader = backend.open(path, source, threads)
             state["reader"] = reader
             probe = reader.probe()
             plan = plan_fn(probe)
+            if direct:
+                sink.set_plan(plan)
             sink._send(("plan", probe, plan))
             reader.read(sorted(set(plan.indices)), sink, stop.is_set)
             sink._send(("done",))
@@ -168,6 +215,8 @@ def decode_video(
                 break
         while pending:
             filled += _wait(pending.popleft(), deadline, backend.name, timeout, source, state)
+        if direct:
+            video, filled = sink.video, sink.filled
         if video is None or filled != len(plan.indices):
             raise DecodeError(f"{backend.name} returned {filled} of {len(plan.indices)} requested frames", source)
     finally:
@@ -233,6 +282,9 @@ def _store(video: torch.Tensor, slots: list[int], frame: np.ndarray, fast_resize
     chw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # channels-last, as the reference
     if fast_resize and tuple(chw.shape[-2:]) == (height, width):
         resized = chw
+    elif len(slots) == 1 and video.dtype == torch.float32:
+        resize_exact(chw, height, width, out=video[slots[0] : slots[0] + 1])  # straight into the output
+        return 1
     else:
         resized = resize_exact(chw, height, width)
     for slot in slots:

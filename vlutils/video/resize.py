@@ -79,14 +79,18 @@ def max_video_bytes() -> int:
     return int(_policy.limit("max_video_bytes", float(os.environ.get("VLUTILS_MAX_VIDEO_BYTES", 16 * 2**30))))
 
 
-def resize_exact(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_exact(frames: torch.Tensor, height: int, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Bicubic + antialias resize of uint8 ``(N, C, H, W)`` frames, rounded like torchvision.
 
-    Returns float32 holding integer values in [0, 255] (the layout of the input is kept).
+    Returns float32 holding integer values in [0, 255] (the layout of the input is kept),
+    or writes them into ``out`` (float32, same shape; one pass fewer than copying).
     """
     if tuple(frames.shape[-2:]) == (height, width):
-        return frames.to(torch.float32)
-    out = F.interpolate(
+        result = frames.to(torch.float32)
+        return out.copy_(result) if out is not None else result
+    resized = F.interpolate(
         frames.to(torch.float32), size=[height, width], mode="bicubic", align_corners=False, antialias=True
-    )
-    return out.clamp_(0, 255).round_()
+    ).clamp_(0, 255)
+    if out is not None:
+        return torch.round(resized, out=out)
+    return resized.round_()

@@ -1,13 +1,16 @@
 """PyAV backend (the default): FFmpeg bundled with the ``av`` wheel, works everywhere.
 
-Why it is fast and small: the packet index (read once, cheap) gives the exact frame
-count, timestamps and keyframes; decoding then seeks to the keyframe before a wanted
-frame whenever that skips work, drops unwanted frames without converting them, and
-converts each wanted frame (optionally scaling it inside FFmpeg) the moment it appears.
-Packets of unwanted frames are sent with ``skip_frame=NONREF``, so the codec skips
-frames that no other frame references (B-frames, mostly) instead of decoding them;
-frames that are wanted or referenced decode exactly as usual
-(``VLUTILS_VIDEO_SKIP_NONREF=0`` turns this off).
+Why it is fast and small: the frame index (:mod:`.pyav_index`: MP4/MOV sample tables, else
+one cheap packet scan) gives the exact frame count, timestamps and keyframes. When the
+container seeks exactly (mp4/mov, mkv/webm, avi) the wanted frames are planned into
+keyframe segments (:mod:`..segments`) decoded by several decoders at once
+(:mod:`.pyav_parallel`, up to ``VLUTILS_VIDEO_THREADS``); otherwise one decoder reads
+forward, seeking to the keyframe before a wanted frame whenever that skips work. Either
+way unwanted frames are dropped without converting them, and each wanted frame is
+converted (optionally scaled inside FFmpeg) the moment it appears. Packets of unwanted
+frames are sent with ``skip_frame=NONREF``, so the codec skips frames that no other frame
+references (B-frames, mostly) instead of decoding them; frames that are wanted or
+referenced decode exactly as usual (``VLUTILS_VIDEO_SKIP_NONREF=0`` turns this off).
 """
 
 from __future__ import annotations
@@ -20,38 +23,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import DecodeError
+from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
+from .pyav_index import FrameIndex, open_container, read_frame_index
+from .pyav_index import import_av as _import_av, short_error as _short, video_stream as _video_stream
 
 logger = logging.getLogger(__name__)
 
-
-def _import_av():
-    import av  # noqa: PLC0415 - av is a hard dependency, imported lazily to keep `import vlutils` light
-
-    return av
-
-
-def _open_container(path: str, source: Any):
-    av = _import_av()
-    try:
-        container = av.open(path, mode="r", metadata_errors="ignore")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not a readable video ({_short(exc)})", source) from None
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
-        container.close()
-        raise DecodeError(f"no video stream (streams: {', '.join(kinds)})", source)
-    return container
-
-
-def _video_stream(container):
-    """FFmpeg's best video stream (as decord picks it): not a cover-art picture stream."""
-    return container.streams.best("video") or container.streams.video[0]
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 160 else text[:160] + "..."
+# Decoders whose skip_frame=NONREF skips only frames nothing references (checked against a
+# sequential decode in tests/test_video_segments.py). libdav1d (AV1) is not one: skipping
+# there changed frames the caller wanted, so other codecs decode every frame.
+SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
 
 
 class PyAVReader:
@@ -61,98 +43,56 @@ class PyAVReader:
 
     def __init__(self, path: str, source: Any, threads: int = 0):
         self.path, self.source, self.threads = path, source, threads
-        self._probe: Probe | None = None
+        self._index: FrameIndex | None = None
         self._sorted_pts: list[int] | None = None
         self._index_of: dict[int, int] | None = None
         self.rotation = 0
         self.skip_nonref = os.environ.get("VLUTILS_VIDEO_SKIP_NONREF", "1") != "0"
         self.seeks = 0
         self.decoded = 0
+        self.workers = 1
 
     # ------------------------------------------------------------------ probe
     def probe(self) -> Probe:
-        """Frame count, timestamps and keyframes from the packets (headers are not trusted:
-        mkv/webm report no frame count, and some files report a wrong one)."""
-        if self._probe is not None:
-            return self._probe
-        av = _import_av()
-        container = _open_container(self.path, self.source)
-        scan_error = None
-        try:
-            stream = _video_stream(container)
-            time_base = stream.time_base
-            rate = stream.average_rate or stream.guessed_rate
-            codec = stream.codec_context.name
-            declared_frames = stream.frames or 0
-            declared_seconds = None
-            if stream.duration and time_base:
-                declared_seconds = float(stream.duration * time_base)
-            elif container.duration:
-                declared_seconds = container.duration / 1_000_000
-            stamps: list[int | None] = []
-            keys: list[bool] = []
-            try:
-                for packet in container.demux(stream):
-                    if packet.size == 0 and packet.pts is None and packet.dts is None:
-                        continue  # the flush packet PyAV yields at end of stream
-                    stamps.append(packet.pts if packet.pts is not None else packet.dts)
-                    keys.append(packet.is_keyframe)
-            except av.FFmpegError as exc:
-                scan_error = exc
-        finally:
-            container.close()
-        if scan_error is not None:
-            raise DecodeError(
-                f"the file is truncated or corrupt: reading packets failed after {len(stamps)} frame(s) "
-                f"({_short(scan_error)})",
-                self.source,
-            )
-        if not stamps:
-            raise DecodeError("the video stream has no frames", self.source)
-        if declared_frames > len(stamps):
-            raise DecodeError(
-                f"the file is truncated: its header declares {declared_frames} frames but only "
-                f"{len(stamps)} are present",
-                self.source,
-            )
-        timestamps = keyframes = None
-        if None not in stamps and len(set(stamps)) == len(stamps):
-            self._sorted_pts = sorted(stamps)
-            self._index_of = {pts: i for i, pts in enumerate(self._sorted_pts)}
-            first = self._sorted_pts[0]
-            tb = float(time_base) if time_base else 0.0
-            timestamps = [(p - first) * tb for p in self._sorted_pts] if tb else None
-            keyframes = sorted(self._index_of[p] for p, k in zip(stamps, keys) if k)
-        else:
-            logger.info("%s: packets lack unique timestamps; frames are counted in decode order", self.path)
-        fps = float(rate) if rate else 0.0
-        if fps <= 0 and timestamps and timestamps[-1] > 0:
-            fps = (len(stamps) - 1) / timestamps[-1]
-        if declared_seconds and timestamps and fps > 0 and not declared_frames:
-            covered = timestamps[-1] + 1.0 / fps
-            if declared_seconds - covered > max(2.0 / fps, 0.05 * declared_seconds):
-                raise DecodeError(
-                    f"the file is truncated: its header declares {declared_seconds:.2f}s but frames "
-                    f"cover only {covered:.2f}s",
-                    self.source,
-                )
-        self._probe = Probe(
-            total_frames=len(stamps), fps=fps, timestamps=timestamps, keyframes=keyframes, codec=codec
-        )
-        return self._probe
+        """Frame count, timestamps and keyframes (:func:`.pyav_index.read_frame_index`)."""
+        if self._index is None:
+            self._index = read_frame_index(self.path, self.source)
+            self._sorted_pts, self._index_of = self._index.sorted_pts, self._index.index_of
+            if self._index.probe.codec not in SKIP_NONREF_CODECS:
+                self.skip_nonref = False
+        return self._index.probe
 
     # ------------------------------------------------------------------- read
     def read(self, indices: Sequence[int], sink: FrameSink, should_stop: Callable[[], bool]) -> None:
+        """Decode ``indices`` into ``sink``: keyframe segments in parallel where the
+        container seeks exactly, else (or if that finds the index inexact) one forward pass."""
+        from .pyav_parallel import InexactIndex, parallel_capable, read_parallel  # noqa: PLC0415
+
+        self.probe()
+        if parallel_capable(self._index):
+            try:
+                read_parallel(self, self._index, list(indices), sink, should_stop)
+                return
+            except InexactIndex as exc:
+                logger.info("%s: %s; decoding with one forward pass", self.path, exc)
+        self._read_forward(indices, sink, should_stop)
+
+    def _read_forward(self, indices: Sequence[int], sink: FrameSink, should_stop: Callable[[], bool]) -> None:
         probe = self.probe()
         wanted = list(indices)
         keyframes = probe.keyframes or []
         can_seek = self._sorted_pts is not None and bool(keyframes)
         av = _import_av()
-        container = _open_container(self.path, self.source)
+        granted = BUDGET.acquire(video_threads())
+        try:
+            container = open_container(self.path, self.source)
+        except BaseException:
+            BUDGET.release(granted)
+            raise
         try:
             stream = _video_stream(container)
             stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self.threads
+            stream.codec_context.thread_count = self.threads or granted
             codec = stream.codec_context
             wanted_set = set(wanted)
             skip_unwanted = self.skip_nonref and self._index_of is not None
@@ -239,6 +179,7 @@ class PyAVReader:
             raise DecodeError(f"decoding failed ({_short(exc)})", self.source) from None
         finally:
             container.close()
+            BUDGET.release(granted)
 
     @staticmethod
     def _seek_target(keyframes: list[int], target: int, last: int) -> int | None:
@@ -276,6 +217,7 @@ class PyAVReader:
 class PyAVBackend:
     name = "pyav"
     supports_fast_resize = True
+    direct_output = True  # decodes in its own threads, which resize into the output
 
     def unavailable_reason(self) -> str | None:
         try:

@@ -20,6 +20,7 @@ class TorchvisionBackend:
     name = "torchvision"
     supports_fast_resize = True
     decoder = "pyav"
+    direct_output = True  # decodes in its own threads, which resize into the output
 
     def unavailable_reason(self) -> str | None:
         try:
