@@ -54,6 +54,7 @@ _LAZY = {
     "rope": ("get_rope_index", "decode_position_ids"),
     "processor": ("patchify", "patchify_image", "patchify_video", "get_preset", "VisionPreset", "PRESETS"),
     "chat": ("format_chat", "expand_placeholders"),
+    "count": ("count_tokens",),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 __all__ += list(_LAZY_NAMES)
