@@ -123,3 +123,12 @@ class BackendUnavailableError(VisionInputError):
 
 class UnsafeSourceError(VisionInputError):
     """Refused by the safe-mode policy (scheme, path outside allowed roots, private address)."""
+
+
+class InvalidRecordError(InvalidMessageError):
+    """A dataset record cannot become a conversation (malformed JSON, unknown roles, or
+    ``<image>``/``<video>`` tags that disagree with the record's media lists)."""
+
+
+class InvalidSpecError(ValueError):
+    """A dataset spec (JSONL path or mixture config) is unusable; names the file and the field."""

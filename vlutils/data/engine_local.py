@@ -1,0 +1,49 @@
+"""The local engine: a process pool on this machine (one tokenizer per worker), results in order.
+
+Jobs are sent in bounded windows so a million-line dataset never sits in the pool's queue.
+``workers=1`` (or ``None`` on a 1-core machine) runs in this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from typing import Iterable, Iterator
+
+from .build import Job, SampleBuilder
+from .spec import DatasetSpec
+
+_builder: SampleBuilder | None = None
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _init(spec: DatasetSpec, tokenizer: str, model_type: str) -> None:
+    global _builder
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+    _builder = SampleBuilder(spec, tokenizer, model_type)
+
+
+def _work(job: Job) -> dict:
+    return _builder(job)
+
+
+def run_local(jobs: Iterable[Job], spec: DatasetSpec, tokenizer: str, model_type: str,
+              workers: int | None = None) -> Iterator[tuple[Job, dict]]:
+    """``(job, result)`` for every job, in the order given."""
+    workers = workers or default_workers()
+    if workers <= 1:
+        builder = SampleBuilder(spec, tokenizer, model_type)
+        for job in jobs:
+            yield job, builder(job)
+        return
+    from .prepare import batched
+
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with context.Pool(workers, initializer=_init, initargs=(spec, tokenizer, model_type)) as pool:
+        for window in batched(jobs, 32 * workers):
+            yield from zip(window, pool.imap(_work, window, chunksize=1))
