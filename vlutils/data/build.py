@@ -43,33 +43,9 @@ def load_tokenizer(path: str) -> Any:
 
 
 def _build_sample():
-    try:
-        from ..train import build_sample  # noqa: PLC0415 - torch-heavy, loaded in workers
-    except ImportError:  # INTERIM until the train branch lands: labels are not assistant-only
-        return _interim_build_sample
+    from ..train import build_sample  # noqa: PLC0415 - torch-heavy, loaded in workers
+
     return build_sample
-
-
-def _interim_build_sample(messages, tokenizer, model_type="qwen2_vl", *, max_length=None, truncation="error",
-                          images=None, videos=None, video_kwargs=None, **options):
-    from ..errors import InvalidOptionError
-    from ..inputs import build_inputs
-
-    out = build_inputs(messages, tokenizer, model_type, images=images, videos=videos, video_kwargs=video_kwargs,
-                       add_generation_prompt=False, padding_side="right", **options)
-    ids = out["input_ids"][0]
-    if max_length is not None and len(ids) > max_length:
-        if truncation == "drop":
-            return None
-        raise InvalidOptionError(f"conversation has {len(ids)} tokens, over max_length={max_length}")
-    grids = [g for g in (out["image_grid_thw"], out["video_grid_thw"]) if g is not None]
-    return {
-        "input_ids": ids, "labels": ids.clone(), "position_ids": out["position_ids"][:, 0],
-        "pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"],
-        "pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"],
-        "second_per_grid_ts": out["second_per_grid_ts"], "num_tokens": len(ids),
-        "num_patches": int(sum(int(g.prod(1).sum()) for g in grids)),
-    }
 
 
 class SampleBuilder:
