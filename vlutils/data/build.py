@@ -62,7 +62,7 @@ class SampleBuilder:
         source = self.spec.sources[job.source]
         try:
             messages = parse_record(job.line, source, job.path)
-            row = self._sample_row(messages)
+            row = self._sample_row(messages, f"{source.name}:{job.index}")
         except Exception as exc:  # a bad record never stops the job: it is reported, typed
             if not isinstance(exc, ValueError):
                 logger.warning("%s:%d: unexpected %s: %s", source.name, job.index, type(exc).__name__, exc)
@@ -75,7 +75,7 @@ class SampleBuilder:
         row.update(source=source.name, index=job.index)
         return {"kind": "row", "row": row}
 
-    def _sample_row(self, messages: list[dict]) -> dict | None:
+    def _sample_row(self, messages: list[dict], name: str) -> dict | None:
         from ..vision_process import process_vision_info
 
         patch = vision_preset(self.model_type, self.spec.options).patch_size
@@ -88,7 +88,7 @@ class SampleBuilder:
         sample = self.build_sample(
             messages, self.tokenizer, self.model_type, max_length=self.spec.max_length,
             truncation=truncation, images=images, videos=videos, video_kwargs=video_kwargs,
-            **self.spec.options,
+            **{"sample_id": name, **self.spec.options},
         )
         if sample is None:
             return None

@@ -136,6 +136,7 @@ def prepare(spec: str | DatasetSpec, out: str, tokenizer: str, *, model_type: st
 def _claim(out: str, header: dict) -> None:
     """Record the job in ``out`` or check that ``out`` holds this same job."""
     path = os.path.join(out, shards.JOB)
+    header = json.loads(json.dumps(header))  # tuples -> lists, as read back
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             existing = json.load(handle)
