@@ -183,3 +183,38 @@ def test_prepared_dataset_packs_with_train(mixture):
     assert sorted(i for b in bins for i in b) == list(range(len(dataset)))
     batch = collate([dataset[i] for i in bins[0]])
     assert batch["input_ids"].shape[1] == sum(dataset.sizes[i][0] for i in bins[0])
+
+
+def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
+    """--engine ray on a local Ray: one actor SIGKILLs itself mid-job (marker file), Ray restarts it
+    and retries its batch; the folder equals the local engine's byte for byte. Then the shards
+    are read back with ray.data.read_parquet."""
+    ray = pytest.importorskip("ray")
+    from vlutils.data.engine_ray import KILL_MARKER_ENV
+
+    _, spec, tokenizer, out = mixture
+    marker = tmp_path / "kill-once"
+    marker.write_text("")
+    monkeypatch.setenv(KILL_MARKER_ENV, str(marker))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    target = tmp_path / "out_ray"
+    try:
+        prepare(str(spec), str(target), str(tokenizer), engine="ray")
+        assert not marker.exists(), "no actor was killed"
+        assert _files(target) == _files(out)
+        loaded = ray.data.read_parquet(sorted(str(p) for p in target.glob("*.parquet")))
+        assert loaded.count() == 18
+        assert sorted(loaded.unique("source")) == ["clips", "docs", "llava"]
+    finally:
+        ray.shutdown()
+
+
+def test_actor_resources_leave_room_for_reads():
+    from vlutils.data.engine_ray import actor_resources
+
+    assert actor_resources(2) == (1, 0.5)
+    assert actor_resources(1) == (1, 0.5)
+    size, cpus = actor_resources(16)
+    assert size == 14 and cpus == 1.0
+    size, cpus = actor_resources(4, workers=4)
+    assert size * cpus <= 4 - 1.5
