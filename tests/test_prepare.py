@@ -218,3 +218,32 @@ def test_actor_resources_leave_room_for_reads():
     assert size == 14 and cpus == 1.0
     size, cpus = actor_resources(4, workers=4)
     assert size * cpus <= 4 - 1.5
+
+
+def test_shrunk_samples_keep_exact_pixels(mixture):
+    """truncation="shrink" re-fetches smaller media inside build_sample: the row then stores the
+    raw pixel tensor (detected by the write-time check) and still decodes bit-identically."""
+    from dataclasses import replace
+
+    from tokenizers import Tokenizer
+
+    from vlutils.data.build import Job, SampleBuilder
+    from vlutils.data.rows import decode_row
+
+    root, spec_path, tokenizer_path, _ = mixture
+    spec = replace(load_spec(str(spec_path)), max_length=120, truncation="shrink")
+    record = {"messages": [{"role": "user", "content": [{"type": "image", "image": "media/img0.png"},
+                                                        {"type": "text", "text": "What?"}]},
+                           {"role": "assistant", "content": "Noise."}]}
+    line = json.dumps(record)
+    result = SampleBuilder(spec, str(tokenizer_path), "qwen2_5_vl")(Job(0, 0, line, str(root / "docs.jsonl")))
+    assert result["kind"] == "row", result
+    row = result["row"]
+    assert json.loads(row["meta"])["pixel_values"][2] == "raw"
+    want = build_sample(parse_record(line, spec.sources[0], str(root / "docs.jsonl")),
+                        Tokenizer.from_file(str(tokenizer_path)), "qwen2_5_vl", max_length=120, truncation="shrink")
+    got = decode_row(row, "qwen2_5_vl")
+    assert want["num_tokens"] <= 120
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(got[key], value), key
