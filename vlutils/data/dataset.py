@@ -52,7 +52,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         self._length = total
         self.sources, self.indices = sources, indices
         self.sizes: list[tuple[int, int]] = list(zip(tokens, patches))
-        self._cache: tuple[int, int, list[dict]] | None = None
+        self._cache: tuple[int, int, Any] | None = None
         self._readers: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -70,9 +70,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         offset = i - self._starts[shard]
         group, within = divmod(offset, shards.ROW_GROUP)
         if self._cache is None or self._cache[:2] != (shard, group):
-            rows = self._reader(shard).read_row_group(group).to_pylist()
-            self._cache = (shard, group, rows)
-        return self._cache[2][within]
+            self._cache = (shard, group, self._reader(shard).read_row_group(group))
+        return self._cache[2].slice(within, 1).to_pylist()[0]
 
     def _reader(self, shard: int):
         import pyarrow.parquet as pq
