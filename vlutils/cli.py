@@ -3,6 +3,8 @@ sizes, visual tokens and timings per item.
 
 Relative paths in the file are looked up in the current directory first, then next to the
 messages file, so a fixtures file works from anywhere.
+
+``python -m vlutils prepare SPEC --out DIR ...`` prepares a dataset instead (:mod:`vlutils.data.cli`).
 """
 
 from __future__ import annotations

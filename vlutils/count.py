@@ -17,7 +17,9 @@ from typing import Any
 from PIL import Image
 
 from . import policy as _policy
-from .errors import DecodeError, InvalidMessageError, SizeLimitError, UnsupportedSourceError, VisionInputError
+from .errors import (
+    DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError, VisionInputError,
+)
 from .image import _EXIF_ORIENTATION, image_source, resolve_image_size
 from .messages import VisionItem, iter_vision_items
 from .pool import is_url, run_parallel
@@ -81,10 +83,10 @@ def _count_image(ele: dict, preset, settings: FetchSettings) -> dict:
 def _image_target(ele: dict, value: Any, height: int, width: int, factor: int) -> tuple[int, int]:
     try:
         target = resolve_image_size(ele, height, width, factor)
-    except (SizeLimitError, VisionInputError) as exc:
+    except VisionInputError as exc:
         raise type(exc)(exc.reason, value) from None
     if target[0] <= 0 or target[1] <= 0:
-        raise VisionInputError(f"options give an empty target size {target[1]}x{target[0]}", value)
+        raise InvalidOptionError(f"options give an empty target size {target[1]}x{target[0]}", value)
     return target
 
 
@@ -141,7 +143,7 @@ def _count_video(ele: dict, preset, settings: FetchSettings) -> dict:
     if not isinstance(value, (str, bytes, bytearray, memoryview)):
         raise UnsupportedSourceError(f"unsupported video type {type(value).__name__}", value)
     if "fps" in ele and "nframes" in ele:
-        raise VisionInputError("give either `fps` or `nframes`, not both", value if isinstance(value, str) else None)
+        raise InvalidOptionError("give either `fps` or `nframes`, not both", value if isinstance(value, str) else None)
     with local_file(value, settings, suffix=_suffix(value)) as path:
         refuse_playlist(path, value)
         header = read_video_header(path, value)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
 
 from ..errors import InvalidRecordError
 from .spec import SourceSpec
