@@ -1,6 +1,6 @@
 """``PreparedDataset``: the samples of a prepared folder, as ``build_sample`` returned them.
 
-Items are read one Parquet row group at a time (8 rows, see :mod:`vlutils.data.shards`), the
+Items are read one Parquet row group at a time (about 1 MiB of media, see :mod:`vlutils.data.shards`), the
 stored uint8 media are patchified again, and the result is bit-identical to building the
 sample from the raw record. ``sizes`` come from two small columns, without touching pixels,
 for ``vlutils.train.pack`` and budget samplers. Safe in DataLoader workers (fork or spawn):
@@ -54,6 +54,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         self.sizes: list[tuple[int, int]] = list(zip(tokens, patches))
         self._cache: tuple[int, int, Any] | None = None
         self._readers: dict[int, Any] = {}
+        self._groups: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return self._length
@@ -68,10 +69,23 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {self._length} samples")
         shard = bisect.bisect_right(self._starts, i) - 1
         offset = i - self._starts[shard]
-        group, within = divmod(offset, shards.ROW_GROUP)
+        groups = self._group_starts(shard)
+        group = bisect.bisect_right(groups, offset) - 1
+        within = offset - groups[group]
         if self._cache is None or self._cache[:2] != (shard, group):
             self._cache = (shard, group, self._reader(shard).read_row_group(group))
         return self._cache[2].slice(within, 1).to_pylist()[0]
+
+    def _group_starts(self, shard: int) -> list[int]:
+        starts = self._groups.get(shard)
+        if starts is None:
+            metadata = self._reader(shard).metadata
+            starts, total = [], 0
+            for g in range(metadata.num_row_groups):
+                starts.append(total)
+                total += metadata.row_group(g).num_rows
+            self._groups[shard] = starts
+        return starts
 
     def _reader(self, shard: int):
         import pyarrow.parquet as pq

@@ -1,13 +1,16 @@
 """The local engine: a process pool on this machine (one tokenizer per worker), results in order.
 
 Jobs are sent in bounded windows so a million-line dataset never sits in the pool's queue.
-``workers=1`` (or ``None`` on a 1-core machine) runs in this process.
+``workers=1`` (or ``None`` on a 1-core machine) runs in this process. A worker that dies (out of
+memory, a crash in a native decoder) fails the job with ``BrokenProcessPool`` instead of hanging
+it; rerunning the command resumes after the last finished shard.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, Iterator
 
 from .build import Job, SampleBuilder
@@ -44,6 +47,7 @@ def run_local(jobs: Iterable[Job], spec: DatasetSpec, tokenizer: str, model_type
     from .prepare import batched
 
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with context.Pool(workers, initializer=_init, initargs=(spec, tokenizer, model_type)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
+                             initargs=(spec, tokenizer, model_type)) as pool:
         for window in batched(jobs, 32 * workers):
-            yield from zip(window, pool.imap(_work, window, chunksize=1))
+            yield from zip(window, pool.map(_work, window))

@@ -23,7 +23,10 @@ JOURNAL = "_journal.jsonl"
 JOB = "_job.json"
 MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
-ROW_GROUP = 8  # rows per Parquet row group: random access reads one small group
+# Parquet row groups close after this many media bytes (or rows): random access to one sample
+# then decompresses about one video, not its neighbours too.
+ROW_GROUP_BYTES = 1 << 20
+ROW_GROUP_ROWS = 64
 
 
 def _fsync_dir(path: str) -> None:
@@ -116,14 +119,34 @@ class ShardWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = {name: [row.get(name) for row in self.rows] for name in self.schema.names}
-        table = pa.table(columns, schema=self.schema)
         tmp = path + ".tmp"
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP)
+        with pq.ParquetWriter(tmp, self.schema, compression="zstd") as writer:
+            for group in _row_groups(self.rows):
+                columns = {name: [row.get(name) for row in group] for name in self.schema.names}
+                writer.write_table(pa.table(columns, schema=self.schema), row_group_size=len(group))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.out)
+
+
+def _media_bytes(row: dict) -> int:
+    return sum(len(m["data"]) for key in ("images", "videos") for m in (row.get(key) or [])) + sum(
+        len(row.get(key) or b"") for key in ("pixel_values", "pixel_values_videos"))
+
+
+def _row_groups(rows: list[dict]) -> list[list[dict]]:
+    """Consecutive rows cut after ``ROW_GROUP_BYTES`` of media or ``ROW_GROUP_ROWS`` rows."""
+    groups, current, size = [], [], 0
+    for row in rows:
+        current.append(row)
+        size += _media_bytes(row)
+        if size >= ROW_GROUP_BYTES or len(current) >= ROW_GROUP_ROWS:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _bucket(value: int) -> str:
