@@ -32,8 +32,12 @@ sys.path.insert(0, str(HERE))
 CLIPS = {f"clip{i}.mp4": (640, 360, 10) for i in range(4)}
 
 
-def make_data(folder: Path, records: int, seed: int = 0) -> Path:
-    """~3/4 image records (1-2 photos of 1024x768), ~1/4 video records (10 s 640x360 clips)."""
+LONG = "h264_854x480_10min.mp4"
+
+
+def make_data(folder: Path, records: int, seed: int = 0, long_records: int = 8) -> Path:
+    """Source "mix": ~3/4 image records (1-2 photos of 1024x768), ~1/4 video records (10 s 640x360
+    clips). Source "long": ``long_records`` one-minute windows of a 10-minute 854x480 video."""
     from PIL import Image
 
     import bench_video
@@ -62,10 +66,22 @@ def make_data(folder: Path, records: int, seed: int = 0) -> Path:
                                        {"role": "assistant", "content": "Grey noise, nothing else."}],
                           "images": rng.sample(photos, n)})
     (folder / "mix.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    # one-minute windows of the 10-minute video (bench_video.py's file), 1 frame/s
+    bench_video.ensure_media(HERE / "media", {LONG})
+    long_lines = []
+    for k in range(long_records):
+        item = {"type": "video", "video": str(HERE / "media" / LONG), "video_start": 60.0 * k,
+                "video_end": 60.0 * k + 60.0, "fps": 1.0}
+        long_lines.append({"messages": [{"role": "user", "content": [item, {"type": "text", "text": "Summarise."}]},
+                                        {"role": "assistant", "content": "A test pattern for a minute."}]})
+    (folder / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_lines))
     spec = {"model_type": "qwen2_vl", "shard_size": 64, "sources": [
         {"name": "mix", "path": "mix.jsonl", "format": "sharegpt", "media_dir": "media",
          "image": {"max_pixels": 401408}, "video": {"fps": 2.0, "max_pixels": 100352}}]}
     (folder / "spec.json").write_text(json.dumps(spec))
+    long_spec = {"model_type": "qwen2_vl", "shard_size": 64, "sources": [
+        {"name": "long", "path": "long.jsonl", "format": "messages", "video": {"max_pixels": 100352}}]}
+    (folder / "long.json").write_text(json.dumps(long_spec))
     return folder / "spec.json"
 
 
@@ -111,6 +127,7 @@ def _reference_map(record: dict, tokenizer_path: str, media: str) -> dict:
 
 
 def run_reference(data: Path, tokenizer: Path, cache: Path) -> float:
+    """The "mix" source only (the reference pipeline has no per-item video windows)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -138,7 +155,7 @@ class OnTheFly:
 
         self.spec = load_spec(spec_path)
         self.tokenizer_path = tokenizer
-        self.records = [(l, p) for s in self.spec.sources for i, l, p in iter_lines(s) if keep(i)]
+        self.records = [(l, p, s) for s in self.spec.sources for i, l, p in iter_lines(s) if keep((s.name, i))]
         self.tokenizer = None
 
     def __len__(self):
@@ -152,8 +169,8 @@ class OnTheFly:
 
         if self.tokenizer is None:
             self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
-        line, path = self.records[i]
-        return build_sample(parse_record(line, self.spec.sources[0], path), self.tokenizer, "qwen2_vl")
+        line, path, source = self.records[i]
+        return build_sample(parse_record(line, source, path), self.tokenizer, "qwen2_vl")
 
 
 def _first(batch):
@@ -190,18 +207,26 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--ray", action="store_true", help="also run --engine ray on a local Ray")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--read-only", action="store_true", help="reuse the prepared folders; time reading only")
     args = parser.parse_args()
     from tests._tiny_tokenizer import tiny_qwen_tokenizer
-    from vlutils.data import PreparedDataset, prepare
+    from vlutils.data import prepare
 
     data = HERE / "media" / "prepare"
     out = HERE / "out" / "prepare"
     spec = make_data(data, args.records)
     tokenizer = out / "tokenizer.json"
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.write_text(tiny_qwen_tokenizer().to_str())
+    if not tokenizer.exists():
+        tokenizer.write_text(tiny_qwen_tokenizer().to_str())
     report: dict = {"records": args.records}
 
+    if args.read_only:
+        for folder, spec_file in (("local", spec), ("long", data / "long.json")):
+            read_report(report, out / folder, spec_file, tokenizer)
+        report["load_end"] = os.getloadavg()[0]
+        print(json.dumps(report, indent=1))
+        return 0
     shutil.rmtree(out / "local", ignore_errors=True)
     start = time.perf_counter()
     manifest = prepare(str(spec), str(out / "local"), str(tokenizer), workers=2)
@@ -219,23 +244,12 @@ def main() -> int:
         same = all((out / "ray" / p.name).read_bytes() == p.read_bytes() for p in (out / "local").iterdir())
         report["ray_identical"] = same
 
-    dataset = PreparedDataset(str(out / "local"))
-    files = sorted((out / "local").glob("*.parquet"))
-    report["bytes_per_sample"] = sum(f.stat().st_size for f in files) / len(dataset)
-    import pyarrow.parquet as pq
-
-    table = pq.read_table([str(f) for f in files], columns=["images", "videos"])
-    kinds = {"video": [], "image": []}
-    for i, (imgs, vids) in enumerate(zip(table.column("images").to_pylist(), table.column("videos").to_pylist())):
-        kinds["video" if vids else "image"].append(i)
-    for kind, indices in kinds.items():
-        raw = sum(len(x["data"]) for i in indices for x in (table.column(kind + "s")[i].as_py() or []))
-        report[f"{kind}_uint8_bytes_per_sample"] = raw / max(1, len(indices))
-        prepared_s = time_loader(Subset(dataset, indices))
-        keep = set(dataset.indices[i] for i in indices)
-        fly_s = time_loader(OnTheFly(str(spec), str(tokenizer), lambda line, keep=keep: line in keep))
-        report[f"read_{kind}"] = {"samples": len(indices), "prepared_ms_per_sample": 1000 * prepared_s,
-                                  "on_the_fly_ms_per_sample": 1000 * fly_s, "speedup": fly_s / prepared_s}
+    shutil.rmtree(out / "long", ignore_errors=True)
+    start = time.perf_counter()
+    prepare(str(data / "long.json"), str(out / "long"), str(tokenizer), workers=2)
+    report["long_local_s"] = time.perf_counter() - start
+    for folder, spec_file in (("local", spec), ("long", data / "long.json")):
+        read_report(report, out / folder, spec_file, tokenizer)
     report["load_end"] = os.getloadavg()[0]
     (HERE / "out" / "prepare.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
@@ -246,6 +260,32 @@ def main() -> int:
         print(f"ray engine {report['ray_s']:.1f}s vs local {report['local_s']:.1f}s "
               f"({report['ray_s'] / report['local_s']:.2f}x the time), identical: {report['ray_identical']}")
     return 0
+
+
+def read_report(report: dict, folder: Path, spec: Path, tokenizer: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from vlutils.data import PreparedDataset
+
+    dataset = PreparedDataset(str(folder))
+    files = sorted(folder.glob("*.parquet"))
+    table = pq.read_table([str(f) for f in files], columns=["source", "images", "videos"])
+    kinds = {"long_video": [], "short_video": [], "image": []}
+    for i, (source, vids) in enumerate(zip(table.column("source").to_pylist(), table.column("videos").to_pylist())):
+        kinds["long_video" if source == "long" else "short_video" if vids else "image"].append(i)
+    sizes = [f.stat().st_size for f in files]
+    for kind, indices in kinds.items():
+        if not indices:
+            continue
+        column = "images" if kind == "image" else "videos"
+        raw = sum(len(x["data"]) for i in indices for x in (table.column(column)[i].as_py() or []))
+        report[f"{kind}_uint8_bytes_per_sample"] = raw / max(1, len(indices))
+        prepared_s = time_loader(Subset(dataset, indices))
+        keep = {(dataset.sources[i], dataset.indices[i]) for i in indices}
+        fly_s = time_loader(OnTheFly(str(spec), str(tokenizer), lambda key, keep=keep: key in keep))
+        report[f"read_{kind}"] = {"samples": len(indices), "prepared_ms_per_sample": 1000 * prepared_s,
+                                  "on_the_fly_ms_per_sample": 1000 * fly_s, "speedup": fly_s / prepared_s}
+    report[f"{folder.name}_bytes_per_sample"] = sum(sizes) / len(dataset)
 
 
 if __name__ == "__main__":
