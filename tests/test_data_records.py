@@ -137,3 +137,33 @@ def test_messages_cli_still_works(tmp_path):
     helped = subprocess.run([sys.executable, "-m", "vlutils", "prepare", "--help"], capture_output=True, text=True,
                             timeout=60, env={"PYTHONPATH": str(root), "PATH": "/usr/bin"})
     assert helped.returncode == 0 and "--shard-size" in helped.stdout
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
+    import io
+    import logging
+
+    from vlutils.data.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    bar = Progress(4, stream=terminal, interval=0.0)
+    bar.update({"kind": "row", "row": {"num_tokens": 100}})
+    bar.update({"kind": "rejected", "rejected": {}})
+    bar.close()
+    text = terminal.getvalue()
+    assert "\r[" in text and "2/4 records" in text and "1 rejected" in text and "tok/s" in text
+    plain = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="vlutils.data.progress"):
+        lines = Progress(2, stream=plain, log_every=0.0)
+        lines.update({"kind": "row", "row": {"num_tokens": 5}})
+        lines.close()
+    assert plain.getvalue() == "" and any("1/2 records" in r.message for r in caplog.records)
+    quiet = Terminal()
+    silent = Progress(1, stream=quiet, quiet=True, interval=0.0)
+    silent.update({"kind": "row", "row": {}})
+    silent.close()
+    assert quiet.getvalue() == ""

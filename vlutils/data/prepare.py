@@ -32,11 +32,12 @@ ENGINES = ("local", "ray")
 def require_extras(engine: str = "local") -> None:
     """Fail with what to install when pyarrow (or Ray) is missing."""
     missing = []
-    for module, extra in (("pyarrow", "data"),) + ((("ray", "ray"),) if engine == "ray" else ()):
+    for module, extra in (("pyarrow", "data"), ("tokenizers", "data")) + ((("ray", "ray"),) if engine == "ray" else ()):
         try:
             __import__(module)
         except ImportError:
-            missing.append(extra)
+            if extra not in missing:
+                missing.append(extra)
     if missing:
         raise InvalidSpecError(
             f"dataset preparation needs {' and '.join(missing)} support: pip install \"vlutils[{','.join(missing)}]\"")
