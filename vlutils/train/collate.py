@@ -20,10 +20,12 @@ attention mask. Build them from ``cu_seqlens``::
     position_ids = torch.cat([text_positions[None], batch["position_ids"]])  # (4, 1, N)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="flash_attention_2")
     out = model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=position_ids,
-                pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
+                pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"], use_cache=False)
 
-(``to_transformers(batch)`` does exactly this; with SDPA transformers builds the same block-diagonal
-mask from those positions, which is how the tests check it on CPU.)
+``use_cache=False`` matters: transformers only looks for packed segments when there is no
+cache, and its models create one by default (config.use_cache), silently attending across
+samples. ``to_transformers(batch)`` does all of this; with SDPA transformers builds the same
+block-diagonal mask from those positions, which is how the tests check it on CPU.
 
 Padded (``packed=False``): ``input_ids`` (B, L) right-padded with ``pad_token_id``,
 ``attention_mask`` (1 on tokens), ``labels`` -100 on padding, ``position_ids`` (3, B, L) with
@@ -166,9 +168,10 @@ def text_positions(cu_seqlens: torch.Tensor) -> torch.Tensor:
 
 def to_transformers(batch: dict[str, Any]) -> dict[str, Any]:
     """A packed batch as transformers 5.x's packed path wants it: 4-row position ids (text
-    positions first), no ``cu_seqlens`` and no attention mask (see the module doc)."""
+    positions first), no ``cu_seqlens``, no attention mask, ``use_cache=False`` (see the module doc)."""
     out = {k: v for k, v in batch.items() if k != "cu_seqlens"}
     if "cu_seqlens" in batch:
         text = text_positions(batch["cu_seqlens"]).to(batch["position_ids"].device)
         out["position_ids"] = torch.cat([text[None], batch["position_ids"]])
+        out["use_cache"] = False  # with a cache transformers does not look for packed segments
     return out
