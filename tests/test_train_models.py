@@ -23,12 +23,12 @@ RUNNER = ROOT / "tests" / "reference_train_runner.py"
 
 
 def _samples(family: str, tok) -> list[dict]:
-    """Five conversations; between them at least one image and one video."""
+    """Four short conversations; between them at least one image and one video."""
     rng = random.Random(f"models-{family}")
     while True:
         out = []
-        for _ in range(5):
-            messages, images, videos, kwargs = conversation(rng, family)
+        for _ in range(4):
+            messages, images, videos, kwargs = conversation(rng, family, max_turns=2)
             out.append(build_sample(messages, tok, family, images=images, videos=videos, video_kwargs=kwargs,
                                     pad_token_id=SMALL_SPECIAL["<|endoftext|>"]))
         if any(s["pixel_values"] is not None for s in out) and any(s["pixel_values_videos"] is not None for s in out):
