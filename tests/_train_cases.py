@@ -48,12 +48,12 @@ def video(rng: random.Random, model_type: str):
                     "video_backend": "test"}
 
 
-def conversation(rng: random.Random, model_type: str, media: bool = True):
+def conversation(rng: random.Random, model_type: str, media: bool = True, max_turns: int = 4):
     """(messages, images, videos, video_kwargs): 1-4 turns, maybe a system prompt, media in any turn."""
     messages, images, videos, fps = [], [], [], []
     if rng.random() < 0.4:
         messages.append({"role": "system", "content": text(rng, tricky=False) or "Be brief."})
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(1, max_turns)):
         for role in ("user", "assistant"):
             if role == "assistant" and rng.random() < 0.1 and len(messages) > 1:
                 continue  # two user turns in a row now and then

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..chat import expand_placeholders, format_chat_with_spans, item_kind
-from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError
+from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
 from ..inputs import MODEL_TYPES, _fetch_media, _split_video_metadata, _video_timestamps, build_inputs
 from ..processor import get_preset
 from .labels import encode_with_offsets, labels_from_spans
@@ -67,6 +67,26 @@ def build_sample(
     ``process_vision_info`` returns them; when both are None the media is fetched here.
     """
     name = _name(options.pop("sample_id", None), messages)
+    try:
+        return _build(messages, tokenizer, model_type, max_length, truncation, images, videos, video_kwargs, name, options)
+    except VisionInputError as exc:
+        raise _named(exc, name) from None
+
+
+def _named(exc: VisionInputError, name: str) -> VisionInputError:
+    """The error with the conversation's name leading its position ("conversation 0" of the
+    internal batch of one becomes the caller's name)."""
+    position = exc.position or ""
+    if name in position:
+        return exc
+    if position.startswith("conversation 0"):
+        position = position[len("conversation 0"):].lstrip(", ")
+    exc.position = f"{name}, {position}" if position else name
+    exc.args = (exc._format(),)
+    return exc
+
+
+def _build(messages, tokenizer, model_type, max_length, truncation, images, videos, video_kwargs, name, options):
     train_on = options.pop("train_on", "all")
     _check_options(model_type, truncation, train_on, max_length, options, name)
     chat_options = {k: options[k] for k in _CHAT_OPTIONS if k in options}
