@@ -247,3 +247,27 @@ def test_shrunk_samples_keep_exact_pixels(mixture):
     for key, value in want.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(got[key], value), key
+
+
+def test_single_jsonl_spec_detects_each_records_format(mixture, tmp_path):
+    """A plain .jsonl spec: one source named after the file, format detected per record, model
+    type from the flag (required), relative media next to the file."""
+    from vlutils.errors import InvalidSpecError
+
+    root, _, tokenizer, _ = mixture
+    records = [
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "media/img1.jpg"}, {"type": "text", "text": "x"}]},
+                      {"role": "assistant", "content": "y"}]},
+        {"messages": [{"role": "user", "content": "<image>what?"}, {"role": "assistant", "content": "z"}],
+         "images": ["media/img2.png"]},
+        {"image": "media/img3.jpg", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok"}]},
+    ]
+    data = root / "single.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InvalidSpecError, match="model_type"):
+        prepare(str(data), str(tmp_path / "nope"), str(tokenizer))
+    manifest = prepare(str(data), str(tmp_path / "out"), str(tokenizer), model_type="qwen2_vl", workers=1)
+    assert manifest["counts"]["samples"] == 3 and manifest["counts"]["rejected"] == 0
+    dataset = PreparedDataset(str(tmp_path / "out"))
+    assert dataset.sources == ["single"] * 3 and dataset.indices == [0, 1, 2]
+    assert all(item["image_grid_thw"].shape == (1, 3) for item in (dataset[0], dataset[1], dataset[2]))
