@@ -167,3 +167,10 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     silent.update({"kind": "row", "row": {}})
     silent.close()
     assert quiet.getvalue() == ""
+
+
+def test_a_line_that_is_not_utf8_is_rejected_not_patched():
+    line = '{"messages": [{"role": "user", "content": "caf'.encode() + b"\xe9" + b'"}]}\n'
+    with pytest.raises(InvalidRecordError, match="UTF-8"):
+        parse_record(line, _source(), "/data/s.jsonl")
+    assert _parse({"messages": [{"role": "user", "content": "café"}]})[0]["content"] == "café"

@@ -271,3 +271,25 @@ def test_single_jsonl_spec_detects_each_records_format(mixture, tmp_path):
     dataset = PreparedDataset(str(tmp_path / "out"))
     assert dataset.sources == ["single"] * 3 and dataset.indices == [0, 1, 2]
     assert all(item["image_grid_thw"].shape == (1, 3) for item in (dataset[0], dataset[1], dataset[2]))
+
+
+def test_a_second_job_on_the_same_folder_is_refused(mixture, tmp_path):
+    from vlutils.data.prepare import _exclusive
+    from vlutils.errors import InvalidSpecError
+
+    _, spec, tokenizer, _ = mixture
+    # the lock is per process: take it in a child, then try from here
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys, time\nfrom vlutils.data.prepare import _exclusive\n"
+                              "with _exclusive(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n",
+                              str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(InvalidSpecError, match="another preparation job"):
+            prepare(str(spec), str(tmp_path), str(tokenizer))
+    finally:
+        child.kill()
+        child.wait()
+    with _exclusive(str(tmp_path)):  # released when its holder died
+        pass

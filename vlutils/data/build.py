@@ -26,7 +26,7 @@ class Job:
 
     source: int
     index: int
-    line: str
+    line: bytes
     path: str
 
 

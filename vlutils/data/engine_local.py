@@ -23,10 +23,23 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the job's process dies (even by SIGKILL), so no orphan
+    keeps decoding after the job is gone."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _init(spec: DatasetSpec, tokenizer: str, model_type: str) -> None:
     global _builder
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(1)  # one process per core already
     _builder = SampleBuilder(spec, tokenizer, model_type)
 

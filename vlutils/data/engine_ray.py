@@ -51,7 +51,7 @@ class _RayBuilder:
             os.kill(os.getpid(), 9)  # a worker lost mid-job: Ray must restart it and retry this batch
         payloads = []
         for source, index, line, path in zip(batch["source"], batch["index"], batch["line"], batch["path"]):
-            result = self.builder(Job(int(source), int(index), str(line), str(path)))
+            result = self.builder(Job(int(source), int(index), bytes(line), str(path)))
             payloads.append(pickle.dumps(result, protocol=5))
         return {"source": batch["source"], "index": batch["index"], "payload": payloads}
 

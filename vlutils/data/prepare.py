@@ -9,6 +9,7 @@ the worker count or an interruption.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -109,6 +110,30 @@ def prepare(spec: str | DatasetSpec, out: str, tokenizer: str, *, model_type: st
         "shard_size": spec.shard_size,
     }
     os.makedirs(out, exist_ok=True)
+    with _exclusive(out):
+        return _run(spec, out, tokenizer, header, engine, workers, quiet, progress_stream)
+
+
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """One job per folder at a time: a second process on the same folder fails at once. A POSIX
+    record lock belongs to this process only (forked workers do not inherit it) and goes away
+    when the process dies, so a rerun after ``kill -9`` is never locked out."""
+    import fcntl
+
+    with open(os.path.join(out, shards.LOCK), "a") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InvalidSpecError(f"{out}: another preparation job is running on this folder") from None
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def _run(spec: DatasetSpec, out: str, tokenizer: str, header: dict, engine: str, workers: int | None,
+         quiet: bool, progress_stream: Any) -> dict:
     _claim(out, header)
     manifest_path = os.path.join(out, shards.MANIFEST)
     if os.path.exists(manifest_path):

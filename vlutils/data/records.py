@@ -27,10 +27,12 @@ _TAG = re.compile(r"<image>|<video>")
 _EXCLUSIVE = (("fps", "nframes"),)  # an item that sets one of these overrides the other's default
 
 
-def parse_record(line: str, source: SourceSpec, path: str) -> list[dict]:
+def parse_record(line: str | bytes, source: SourceSpec, path: str) -> list[dict]:
     """One JSONL line of ``source`` (read from ``path``) -> a conversation (list of messages)."""
     try:
-        record = json.loads(line)
+        record = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except UnicodeDecodeError as exc:
+        raise InvalidRecordError(f"not valid UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InvalidRecordError(f"not valid JSON: {exc}") from None
     if not isinstance(record, dict):

@@ -23,6 +23,7 @@ JOURNAL = "_journal.jsonl"
 JOB = "_job.json"
 MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
+LOCK = "_lock"
 # Parquet row groups close after this many media bytes (or rows): random access to one sample
 # then decompresses about one video, not its neighbours too.
 ROW_GROUP_BYTES = 1 << 20

@@ -154,12 +154,13 @@ def _unknown(mapping: dict, allowed: set, where: str) -> None:
         raise InvalidSpecError(f"{where}: unknown key(s) {extra}; known: {sorted(allowed)}")
 
 
-def iter_lines(source: SourceSpec) -> Iterator[tuple[int, str, str]]:
+def iter_lines(source: SourceSpec) -> Iterator[tuple[int, bytes, str]]:
     """``(index, line, file)`` for every non-blank line of a source; ``index`` is the 0-based
-    line number across the source's files in sorted order (blank lines count, but yield nothing)."""
+    line number across the source's files in sorted order (blank lines count, but yield nothing).
+    Lines stay bytes: a line that is not valid UTF-8 is rejected when parsed, never patched."""
     index = 0
     for path in source.files:
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        with open(path, "rb") as handle:
             for line in handle:
                 if line.strip():
                     yield index, line, path
