@@ -293,3 +293,28 @@ def test_a_second_job_on_the_same_folder_is_refused(mixture, tmp_path):
         child.wait()
     with _exclusive(str(tmp_path)):  # released when its holder died
         pass
+
+
+def test_qwen3_vl_video_samples_bit_identical(mixture, tmp_path):
+    """Qwen3-VL (patch 16, timestamps from the fetched videos' metadata) on the video source."""
+    from dataclasses import replace
+
+    from tokenizers import Tokenizer
+
+    _, spec_path, tokenizer_path, _ = mixture
+    full = load_spec(str(spec_path))
+    spec = replace(full, sources=(full.sources[1],), model_type="qwen3_vl")
+    prepare(spec, str(tmp_path / "out"), str(tokenizer_path), workers=1)
+    dataset = PreparedDataset(str(tmp_path / "out"))
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    lines = {index: (line, path) for index, line, path in iter_lines(spec.sources[0])}
+    assert len(dataset) == 6
+    for position in (0, 5):
+        item = dataset[position]
+        line, path = lines[item["index"]]
+        want = build_sample(parse_record(line, spec.sources[0], path), tokenizer, "qwen3_vl", max_length=2048,
+                            truncation="drop")
+        assert want["video_grid_thw"] is not None
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(item[key], value), key
