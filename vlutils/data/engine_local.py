@@ -1,6 +1,7 @@
 """The local engine: a process pool on this machine (one tokenizer per worker), results in order.
 
-Jobs are sent in bounded windows so a million-line dataset never sits in the pool's queue.
+At most ``4 * workers`` jobs are in flight (a sliding window), so a million-line dataset never
+sits in the pool's queue and no worker idles while the oldest job finishes.
 ``workers=1`` (or ``None`` on a 1-core machine) runs in this process. A worker that dies (out of
 memory, a crash in a native decoder) fails the job with ``BrokenProcessPool`` instead of hanging
 it; rerunning the command resumes after the last finished shard.
@@ -8,6 +9,7 @@ it; rerunning the command resumes after the last finished shard.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -57,10 +59,15 @@ def run_local(jobs: Iterable[Job], spec: DatasetSpec, tokenizer: str, model_type
         for job in jobs:
             yield job, builder(job)
         return
-    from .prepare import batched
-
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
                              initargs=(spec, tokenizer, model_type)) as pool:
-        for window in batched(jobs, 32 * workers):
-            yield from zip(window, pool.map(_work, window))
+        pending: collections.deque = collections.deque()
+        for job in jobs:
+            pending.append((job, pool.submit(_work, job)))
+            if len(pending) >= 4 * workers:
+                oldest, future = pending.popleft()
+                yield oldest, future.result()
+        while pending:
+            oldest, future = pending.popleft()
+            yield oldest, future.result()

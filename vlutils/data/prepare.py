@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -173,9 +172,3 @@ def _claim(out: str, header: dict) -> None:
     if any(name.endswith(".parquet") for name in os.listdir(out)):
         raise InvalidSpecError(f"{out} already holds Parquet files from something else; use an empty folder")
     shards.write_atomic(path, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
-
-
-def batched(iterable, size: int):
-    iterator = iter(iterable)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
