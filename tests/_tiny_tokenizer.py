@@ -19,6 +19,18 @@ SPECIAL = {
     "<|video_pad|>": 151656,
 }
 
+# The same tokens at ids inside the tiny checkpoints' 512-token vocabulary (tests/_tiny_checkpoints.py:
+# IMAGE=500, VIDEO=501, START=502, END=503), so built samples can run through those models.
+SMALL_SPECIAL = {
+    "<|endoftext|>": 504,
+    "<|im_start|>": 505,
+    "<|im_end|>": 506,
+    "<|vision_start|>": 502,
+    "<|vision_end|>": 503,
+    "<|image_pad|>": 500,
+    "<|video_pad|>": 501,
+}
+
 CORPUS = [
     "system You are a helpful assistant. user assistant Describe this image. What happens in the video?",
     "<0.0 seconds> <0.5 seconds> <1.2 seconds> <10.8 seconds> seconds Picture 1: Video 2: compare them",
@@ -26,7 +38,9 @@ CORPUS = [
 ]
 
 
-def tiny_qwen_tokenizer() -> Tokenizer:
+def tiny_qwen_tokenizer(special: dict[str, int] | None = None) -> Tokenizer:
+    """The tokenizer; ``special`` places the special tokens at other ids (e.g. SMALL_SPECIAL)."""
+    special = SPECIAL if special is None else special
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
@@ -35,11 +49,11 @@ def tiny_qwen_tokenizer() -> Tokenizer:
     trainer_tok.train_from_iterator(CORPUS, trainer=trainer)
     vocab = dict(trainer_tok.get_vocab())
     merges = _merges(trainer_tok)
-    vocab.update(SPECIAL)
+    vocab.update(special)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     return tok
 
 

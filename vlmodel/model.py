@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .text import KVCache, TextModel
+from .text import KVCache, TextModel, check_cu_seqlens
 from .vision import VisionTransformer
 
 
@@ -79,6 +79,43 @@ class Qwen2VL(nn.Module):
             vision_start_token_id=c.vision_start_token_id,
         )
 
+    def packed_rope_index(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        image_grid_thw: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | list[float] | None = None,
+    ) -> torch.Tensor:
+        """Positions (3, 1, L) of a packed row: every sample numbered from 0 on its own.
+
+        The grids (in sample order) are handed to the sample whose placeholders they fill.
+        A Python loop over samples, for positions only (cheap; the decoder runs once).
+        """
+        c = self.config
+        unit = c.vision.spatial_merge_size**2
+        grids = {"image": _rows(image_grid_thw), "video": _rows(video_grid_thw)}
+        seconds = _rows(second_per_grid_ts)
+        taken = {"image": 0, "video": 0}
+        parts = []
+        for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            ids = input_ids[:, a:b]
+            mine: dict[str, tuple[int, int]] = {}  # kind -> [first, end) of its grids
+            for kind, token in (("image", c.image_token_id), ("video", c.video_token_id)):
+                first, want = taken[kind], int((ids == token).sum())
+                while want > 0 and taken[kind] < len(grids[kind]):
+                    want -= int(torch.as_tensor(grids[kind][taken[kind]]).prod()) // unit
+                    taken[kind] += 1
+                if want != 0:
+                    raise ValueError(f"packed sample at [{a}, {b}): its {kind} placeholders do not match the {kind} grids")
+                mine[kind] = (first, taken[kind])
+            (i0, i1), (v0, v1) = mine["image"], mine["video"]
+            image = torch.stack(grids["image"][i0:i1]) if i1 > i0 else None
+            video = torch.stack(grids["video"][v0:v1]) if v1 > v0 else None
+            secs = torch.stack([torch.as_tensor(x) for x in seconds[v0:v1]]) if seconds and v1 > v0 else None
+            parts.append(self.rope_index(ids, image, video, None, secs)[0])
+        return torch.cat(parts, dim=2)
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -129,6 +166,7 @@ class Qwen2VL(nn.Module):
         cache: KVCache | None = None,
         rope_deltas: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> Output:
         """Logits for ``input_ids`` (B, L); the mean next-token loss when ``labels`` are given.
 
@@ -136,8 +174,26 @@ class Qwen2VL(nn.Module):
         cached prefix, ``cache.length + i + rope_deltas``; otherwise from ``vlutils.rope``.
         ``attention_mask`` (B, past + L) marks real tokens with 1 (left padding).
         ``labels`` equal to -100 are ignored; labels are shifted inside, as in transformers.
+        Right padding (training batches) works too: padding is masked, label it -100.
+
+        Packed rows: ``input_ids`` (1, L) holding several samples back to back and
+        ``cu_seqlens`` (int, ``[0, L1, L1+L2, ..., L]``).  Attention is block-diagonal,
+        positions (3, 1, L) are each sample's own (given, or computed per sample), and the
+        last token of a sample never predicts the first of the next, so the mean loss is
+        the token-weighted mean of the per-sample losses.  Training/scoring only (no cache).
         """
         past = cache.length if cache is not None else 0
+        if cu_seqlens is not None:
+            if cache is not None:
+                raise ValueError("cu_seqlens (packed rows) cannot be combined with a KV cache")
+            if attention_mask is not None and not bool(attention_mask.all()):
+                raise ValueError("a packed row (cu_seqlens) has no padding; drop attention_mask or make it all ones")
+            cu_seqlens = check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1])
+            attention_mask = None
+            if position_ids is None:
+                position_ids = self.packed_rope_index(
+                    input_ids, cu_seqlens, image_grid_thw, video_grid_thw, second_per_grid_ts
+                )
         if labels is not None and logits_to_keep:
             raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep")
         if position_ids is None and past and rope_deltas is None:
@@ -155,7 +211,7 @@ class Qwen2VL(nn.Module):
         embeds = self.embed(
             input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, strict=past == 0
         )
-        hidden = self.model(embeds, position_ids.to(embeds.device), attention_mask, cache)
+        hidden = self.model(embeds, position_ids.to(embeds.device), attention_mask, cache, cu_seqlens)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
@@ -163,6 +219,9 @@ class Qwen2VL(nn.Module):
         if labels is not None:
             # Token i predicts token i + 1; float32 cross-entropy over the kept labels.
             targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)
+            if cu_seqlens is not None:  # a sample's last token has no target (not the next sample's first)
+                targets = targets.clone()
+                targets[:, cu_seqlens[1:].to(logits.device) - 1] = -100
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
 
@@ -174,3 +233,12 @@ class Qwen2VL(nn.Module):
         from .generate import generate
 
         return generate(self, input_ids, **kwargs)
+
+
+def _rows(x) -> list:
+    """Rows of a grid tensor / entries of a list, or [] for None."""
+    if x is None:
+        return []
+    if isinstance(x, torch.Tensor):
+        return list(x.unbind(0))
+    return [torch.as_tensor(v) for v in x]

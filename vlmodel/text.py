@@ -159,17 +159,46 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def segment_ids(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
+    """Which packed sample each of ``length`` positions belongs to, (length,)."""
+    sizes = cu_seqlens[1:] - cu_seqlens[:-1]
+    return torch.repeat_interleave(torch.arange(len(sizes), device=cu_seqlens.device), sizes, output_size=length)
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """Validate packed-row boundaries ``[0, L1, L1+L2, ..., L]`` (int, 1-D, strictly increasing)."""
+    if batch != 1:
+        raise ValueError(f"cu_seqlens describes one packed row; input_ids has {batch} rows")
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.ndim != 1 or cu_seqlens.is_floating_point():
+        raise ValueError("cu_seqlens must be a 1-D integer tensor [0, L1, L1+L2, ..., L]")
+    cu = cu_seqlens.long()
+    if len(cu) < 2 or int(cu[0]) != 0 or int(cu[-1]) != length or bool((cu[1:] <= cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens {cu.tolist()} must start at 0, increase strictly and end at the row length {length}")
+    return cu
+
+
 def attention_mask_for(
-    attention_mask: torch.Tensor | None, q_len: int, past: int, device: torch.device
+    attention_mask: torch.Tensor | None,
+    q_len: int,
+    past: int,
+    device: torch.device,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
     """The SDPA mask for ``q_len`` new tokens after ``past`` cached ones: (mask, is_causal).
 
     Without padding the fast paths are used: ``is_causal`` for a fresh prompt, no mask
     for one decode token.  With padding (``attention_mask`` (B, past + q_len) holding
-    zeros) a boolean (B, 1, q_len, k_len) mask is built: causal AND key-is-real.  Each
-    token may always see itself, so padded rows stay finite (an all-masked row would
-    give NaN, and NaN values leak through zero attention weights).
+    zeros, on either side) a boolean (B, 1, q_len, k_len) mask is built: causal AND
+    key-is-real.  Each token may always see itself, so padded rows stay finite (an
+    all-masked row would give NaN, and NaN values leak through zero attention weights).
+    A packed row (``cu_seqlens``, no cache) gets a block-diagonal causal mask, built once
+    per forward and shared by every layer: a token sees only its own sample.
     """
+    if cu_seqlens is not None:
+        seg = segment_ids(cu_seqlens.to(device), q_len)
+        pos = torch.arange(q_len, device=device)
+        mask = (pos[None, :] <= pos[:, None]) & (seg[None, :] == seg[:, None])
+        return mask[None, None], False
     has_padding = attention_mask is not None and not bool(attention_mask.all())
     if not has_padding:
         if q_len == 1:
@@ -201,11 +230,15 @@ class TextModel(nn.Module):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """embeds (B, L, D), position_ids (3, B, L) -> final hidden states (B, L, D)."""
+        """embeds (B, L, D), position_ids (3, B, L) -> final hidden states (B, L, D).
+
+        ``cu_seqlens`` marks a packed row (B = 1): attention stays inside each sample.
+        """
         past = cache.length if cache is not None else 0
         cos, sin = mrope_cos_sin(position_ids, self.cfg, embeds.dtype)
-        mask, is_causal = attention_mask_for(attention_mask, embeds.shape[1], past, embeds.device)
+        mask, is_causal = attention_mask_for(attention_mask, embeds.shape[1], past, embeds.device, cu_seqlens)
         x = embeds
         for layer in self.layers:
             x = layer(x, cos, sin, mask, is_causal, cache)

@@ -58,6 +58,7 @@ _LAZY = {
     "grounding": ("grounding",),  # the module itself: vlutils.grounding.parse(...)
     "aio": ("aprocess_vision_info", "afetch_image", "afetch_video"),
     "hf_inputs": ("processor_inputs",),
+    "count": ("count_tokens",),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 __all__ += list(_LAZY_NAMES)

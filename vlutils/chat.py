@@ -32,6 +32,7 @@ __all__ = [
     "item_kind",
     "expand_placeholders",
     "qwen3_timestamps",
+    "format_chat_with_spans",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,36 @@ def format_chat(
     if add_generation_prompt:
         parts.append(f"{IM_START}assistant\n")
     return "".join(parts)
+
+
+def format_chat_with_spans(messages: Sequence[dict], **options: Any) -> tuple[str, list[tuple[int, int, int]]]:
+    """``format_chat(messages, add_generation_prompt=False, **options)`` and where each reply is.
+
+    Returns ``(text, spans)``: one ``(message_index, start, end)`` per assistant message, the
+    characters ``text[start:end]`` being its rendered content followed by ``<|im_end|>``
+    (the header ``<|im_start|>assistant\\n`` and the newline after ``<|im_end|>`` are outside).
+    The boundaries come from rendering: message ``m`` is the text ``format_chat`` adds
+    between the first ``m`` and ``m + 1`` messages, so they follow the formatter exactly.
+    Used to build training labels (vlutils.train).
+    """
+    options["add_generation_prompt"] = False
+    text = format_chat(messages, **options)
+    spans: list[tuple[int, int, int]] = []
+    end = len(format_chat(messages[:0], **options))
+    for m, message in enumerate(messages):
+        prefix = format_chat(messages[: m + 1], **options)
+        if not text.startswith(prefix):  # a later message changed how earlier ones render
+            raise InvalidMessageError("the chat format is not prefix-consistent; cannot locate replies")
+        start, end = end, len(prefix)
+        if message.get("role") != "assistant":
+            continue
+        if m == 0:  # skip a default system prompt rendered before the first message
+            start = end - len(format_chat(messages[:1], **{**options, "system_prompt": None}))
+        header, footer = f"{IM_START}assistant\n", f"{IM_END}\n"
+        if not (text.startswith(header, start) and text.startswith(footer, end - len(footer))):
+            raise InvalidMessageError("assistant message does not render as a ChatML turn", position=f"message {m}")
+        spans.append((m, start + len(header), end - 1))
+    return text, spans
 
 
 def _render_item(item: Any, counts: dict, add_vision_id: bool, where: str) -> str:

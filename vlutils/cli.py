@@ -3,6 +3,8 @@ sizes, visual tokens and timings per item.
 
 Relative paths in the file are looked up in the current directory first, then next to the
 messages file, so a fixtures file works from anywhere.
+
+``python -m vlutils prepare SPEC --out DIR ...`` prepares a dataset instead (:mod:`vlutils.data.cli`).
 """
 
 from __future__ import annotations
@@ -153,6 +155,11 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prepare"]:  # `python -m vlutils prepare ...`: dataset preparation
+        from .data.cli import main as prepare_main
+
+        return prepare_main(argv[1:])
     parser = argparse.ArgumentParser(prog="vlutils", description=__doc__.split("\n\n")[0])
     parser.add_argument("messages", help="JSON file: a list of messages, or a list of conversations")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -123,3 +123,31 @@ class BackendUnavailableError(VisionInputError):
 
 class UnsafeSourceError(VisionInputError):
     """Refused by the safe-mode policy (scheme, path outside allowed roots, private address)."""
+
+
+class InvalidRecordError(InvalidMessageError):
+    """A dataset record cannot become a conversation (malformed JSON, unknown roles, or
+    ``<image>``/``<video>`` tags that disagree with the record's media lists)."""
+
+
+class InvalidSpecError(ValueError):
+    """A dataset spec (JSONL path or mixture config) is unusable; names the file and the field."""
+
+
+class SampleTooLongError(VisionInputError):
+    """A training sample has more tokens than ``max_length`` (``length`` and ``max_length`` are kept)."""
+
+    def __init__(self, reason: str, source: Any = None, position: str | None = None, *,
+                 length: int | None = None, max_length: int | None = None):
+        self.length = length
+        self.max_length = max_length
+        super().__init__(reason, source, position)
+
+    def __reduce__(self):  # keep the lengths across DataLoader worker processes
+        return (_rebuild_too_long, (self.reason, self.position, self.length, self.max_length, str(self)))
+
+
+def _rebuild_too_long(reason, position, length, max_length, message):
+    exc = SampleTooLongError(reason, None, position, length=length, max_length=max_length)
+    exc.args = (message,)
+    return exc

@@ -1,0 +1,106 @@
+"""One record -> one encoded row (or a rejection): the work every engine's workers do.
+
+The seam with training is :func:`vlutils.train.build_sample`: media is fetched here first
+(``process_vision_info`` with the model's patch size), handed to ``build_sample`` with the
+rest of the conversation, and the resized media are kept so that the row stores them
+(see :mod:`vlutils.data.rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .records import parse_record
+from .rows import encode_row
+from .spec import DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A record to prepare: ``source`` is its position in the spec, ``index`` its line."""
+
+    source: int
+    index: int
+    line: bytes
+    path: str
+
+
+def load_tokenizer(path: str) -> Any:
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a folder holding one."""
+    from tokenizers import Tokenizer
+
+    from ..errors import InvalidSpecError
+
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise InvalidSpecError(f"{path}: no tokenizer.json there")
+    return Tokenizer.from_file(file)
+
+
+def _build_sample():
+    from ..train import build_sample  # noqa: PLC0415 - torch-heavy, loaded in workers
+
+    return build_sample
+
+
+class SampleBuilder:
+    """Holds the tokenizer and settings; call it with a :class:`Job`."""
+
+    def __init__(self, spec: DatasetSpec, tokenizer_path: str, model_type: str):
+        self.spec = spec
+        self.model_type = model_type
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.build_sample = _build_sample()
+
+    def __call__(self, job: Job) -> dict:
+        """``{"kind": "row", "row": ...}`` or ``{"kind": "rejected", "rejected": {...}}``."""
+        source = self.spec.sources[job.source]
+        try:
+            messages = parse_record(job.line, source, job.path)
+            row = self._sample_row(messages, f"{source.name}:{job.index}")
+        except Exception as exc:  # a bad record never stops the job: it is reported, typed
+            if not isinstance(exc, ValueError):
+                logger.warning("%s:%d: unexpected %s: %s", source.name, job.index, type(exc).__name__, exc)
+            return {"kind": "rejected", "rejected": {
+                "source": source.name, "index": job.index, "error": type(exc).__name__, "message": str(exc)}}
+        if row is None:
+            return {"kind": "rejected", "rejected": {
+                "source": source.name, "index": job.index, "error": "Dropped",
+                "message": f"longer than max_length={self.spec.max_length} (truncation='drop')"}}
+        row.update(source=source.name, index=job.index)
+        return {"kind": "row", "row": row}
+
+    def _sample_row(self, messages: list[dict], name: str) -> dict | None:
+        from ..vision_process import process_vision_info
+
+        patch = vision_preset(self.model_type, self.spec.options).patch_size
+        images, videos, video_kwargs = process_vision_info(
+            messages, return_video_kwargs=True, return_video_metadata=self.model_type == "qwen3_vl",
+            image_patch_size=patch,
+        )
+        # "drop" is run as "error" so that the rejected line carries the typed reason and both lengths
+        truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
+        sample = self.build_sample(
+            messages, self.tokenizer, self.model_type, max_length=self.spec.max_length,
+            truncation=truncation, images=images, videos=videos, video_kwargs=video_kwargs,
+            **{"sample_id": name, **self.spec.options},
+        )
+        if sample is None:
+            return None
+        frames = [v[0] if isinstance(v, tuple) else v for v in (videos or [])]
+        return encode_row(sample, images or [], frames, vision_preset(self.model_type, self.spec.options))
+
+
+def vision_preset(model_type: str, options: dict):
+    """The patchify preset of ``model_type`` with any preset fields set in the spec's options."""
+    import dataclasses
+
+    from ..processor import VisionPreset, get_preset
+
+    fields = {f.name for f in dataclasses.fields(VisionPreset)}
+    return get_preset(model_type, **{k: v for k, v in options.items() if k in fields})
