@@ -5,8 +5,8 @@ First-fit decreasing and best-fit decreasing are run on two orders (items sorted
 larger share of a budget, and by the sum of their shares, largest first); the packing with the
 fewest bins is kept, stopping early when one reaches the lower bound. Up to 500 samples, 8
 more runs on jittered orders (a fixed seed) often save a bin where one bin is a large share.
-Each places an item with one vectorized scan over the open bins, so 100k samples take
-seconds. The result is deterministic: it depends only on ``sizes`` and the budgets.
+Each places an item with one vectorized scan over the open bins (20,000 samples: about 1.5 s
+per run on one core). The result is deterministic: it depends only on ``sizes`` and the budgets.
 """
 
 from __future__ import annotations
