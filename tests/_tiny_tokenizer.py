@@ -26,7 +26,20 @@ CORPUS = [
 ]
 
 
-def tiny_qwen_tokenizer() -> Tokenizer:
+# Qwen3.5's vocabulary puts the same special tokens at other ids.
+QWEN35_SPECIAL = {
+    "<|endoftext|>": 248044,
+    "<|im_start|>": 248045,
+    "<|im_end|>": 248046,
+    "<|vision_start|>": 248053,
+    "<|vision_end|>": 248054,
+    "<|image_pad|>": 248056,
+    "<|video_pad|>": 248057,
+}
+
+
+def tiny_qwen_tokenizer(special: dict[str, int] | None = None) -> Tokenizer:
+    special = SPECIAL if special is None else special
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
@@ -35,11 +48,11 @@ def tiny_qwen_tokenizer() -> Tokenizer:
     trainer_tok.train_from_iterator(CORPUS, trainer=trainer)
     vocab = dict(trainer_tok.get_vocab())
     merges = _merges(trainer_tok)
-    vocab.update(SPECIAL)
+    vocab.update(special)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     return tok
 
 
