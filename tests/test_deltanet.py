@@ -74,10 +74,10 @@ def test_matches_transformers_prefill_and_decode(reference):
         layer = _layer(case["dims"], ref["state_dict"])
         n, x = case["prompt"], ref["x"]
         mask = case.get("mask")
-        _close(layer(x[:, :n], padding_mask=mask), ref["full"])
+        _close(layer.mix(x[:, :n], padding_mask=mask), ref["full"])
         state = DeltaNetState()
-        _close(layer(x[:, :n], state, padding_mask=mask), ref["prefill"])
-        steps = [layer(x[:, n + i : n + i + 1], state) for i in range(case["steps"])]
+        _close(layer.mix(x[:, :n], state, padding_mask=mask), ref["prefill"])
+        steps = [layer.mix(x[:, n + i : n + i + 1], state) for i in range(case["steps"])]
         _close(torch.cat(steps, dim=1), ref["decode"])
 
 
@@ -111,14 +111,14 @@ def test_prefill_equals_decode_steps():
         p.normal_(0, 0.3)
     x = torch.randn(2, 70, 32)
     state_a, state_b = DeltaNetState(), DeltaNetState()
-    prefill = layer(x, state_a)
-    steps = torch.cat([layer(x[:, i : i + 1], state_b) for i in range(x.shape[1])], dim=1)
+    prefill = layer.mix(x, state_a)
+    steps = torch.cat([layer.mix(x[:, i : i + 1], state_b) for i in range(x.shape[1])], dim=1)
     _close(steps, prefill)
     _close(state_b.recurrent, state_a.recurrent)
     _close(state_b.conv, state_a.conv)
     # and a second chunk of several tokens continues the state like single steps do
     more = torch.randn(2, 9, 32)
-    _close(layer(more, state_a), torch.cat([layer(more[:, i : i + 1], state_b) for i in range(9)], dim=1))
+    _close(layer.mix(more, state_a), torch.cat([layer.mix(more[:, i : i + 1], state_b) for i in range(9)], dim=1))
 
 
 def test_packed_rows_equal_separate_samples_with_gradients():
@@ -132,8 +132,8 @@ def test_packed_rows_equal_separate_samples_with_gradients():
     samples = [torch.randn(1, n, 24, requires_grad=True) for n in lengths]
     packed_x = torch.cat([s.detach() for s in samples], dim=1).requires_grad_(True)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    packed = layer(packed_x, cu_seqlens=cu)
-    alone = torch.cat([layer(s) for s in samples], dim=1)
+    packed = layer.mix(packed_x, cu_seqlens=cu)
+    alone = torch.cat([layer.mix(s) for s in samples], dim=1)
     _close(packed, alone.detach())
     weights = torch.randn_like(packed)
     grads_packed = torch.autograd.grad((packed * weights).sum(), [packed_x, layer.in_proj_qkv.weight, layer.A_log])
@@ -148,6 +148,6 @@ def test_bad_arguments_raise_value_error():
         GatedDeltaNet(16, 3, 4, 4, 4)
     layer = _layer((16, 1, 1, 4, 4, 4))
     with pytest.raises(ValueError, match="single packed row"):
-        layer(torch.randn(2, 4, 16), cu_seqlens=torch.tensor([0, 2, 4]))
+        layer.mix(torch.randn(2, 4, 16), cu_seqlens=torch.tensor([0, 2, 4]))
     with pytest.raises(ValueError, match="single packed row"):
-        layer(torch.randn(1, 4, 16), DeltaNetState(), cu_seqlens=torch.tensor([0, 2, 4]))
+        layer.mix(torch.randn(1, 4, 16), DeltaNetState(), cu_seqlens=torch.tensor([0, 2, 4]))

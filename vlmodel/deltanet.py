@@ -22,12 +22,14 @@ Packed rows (several samples in one row, ``cu_seqlens`` = sample boundaries) are
 unpacked into a padded batch, so the conv and the recurrence start afresh at every
 sample and nothing leaks from one sample into the next.
 
-Parameter names match the checkpoints (``linear_attn.in_proj_qkv`` ...).
+Parameter names match the checkpoints (``linear_attn.in_proj_qkv`` ...).  In the decoder
+this is the ``linear_attention`` token mixer (:func:`build_mixer`, see ``vlmodel.decoder``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,14 +54,16 @@ def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def _prepare(q, k, v, g, beta, num_v_heads: int):
-    """(B, L, H, d) inputs -> float32 (B, H, L, d), keys shared across value heads, q/k normalised, q scaled."""
+    """(B, L, H, d) inputs -> float32 (float64 stays) (B, H, L, d), keys shared across value heads,
+    q/k normalised, q scaled."""
     group = num_v_heads // k.shape[2]
     if group > 1:  # value head h reads key/query head h // group
         q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
-    q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
     q = _l2norm(q) * q.shape[-1] ** -0.5
     k = _l2norm(k)
-    return q, k, v, g.transpose(1, 2).float(), beta.transpose(1, 2).float()
+    return q, k, v, g.transpose(1, 2).to(dtype), beta.transpose(1, 2).to(dtype)
 
 
 def recurrent_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None):
@@ -70,7 +74,7 @@ def recurrent_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None):
     """
     q, k, v32, g, beta = _prepare(q, k, v, g, beta, v.shape[2])
     b, h, n, dk = k.shape
-    s = state.float() if state is not None else k.new_zeros(b, h, dk, v32.shape[-1])
+    s = state.to(k.dtype) if state is not None else k.new_zeros(b, h, dk, v32.shape[-1])
     outs = []
     for t in range(n):
         s = s * g[:, :, t, None, None].exp()
@@ -115,7 +119,7 @@ def chunked_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None, chun
     k_to_end = k * (c[..., -1:] - c).exp()[..., None]  # writes decayed to the chunk end
     chunk_decay = c[..., -1].exp()[..., None, None]
 
-    s = state.float() if state is not None else k.new_zeros(b, h, dk, dv)
+    s = state.to(k.dtype) if state is not None else k.new_zeros(b, h, dk, dv)
     out = torch.empty_like(v32)
     for i in range(m):
         u = u_from_v[:, :, i] - u_per_s0[:, :, i] @ s
@@ -184,7 +188,15 @@ class GatedDeltaNet(nn.Module):
         self.norm = GatedRMSNorm(head_v_dim, eps)
         self.out_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
 
-    def forward(
+    def new_state(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> DeltaNetState:
+        """A fresh decoding state; its tensors are made by the first forward (size independent of max_len)."""
+        return DeltaNetState()
+
+    def forward(self, x: torch.Tensor, ctx: Any, state: DeltaNetState | None) -> torch.Tensor:
+        """The decoder's mixer call: padding and packed rows come from ``ctx`` (a ``decoder.Context``)."""
+        return self.mix(x, state, ctx.attention_mask, ctx.cu_seqlens)
+
+    def mix(
         self,
         x: torch.Tensor,
         state: DeltaNetState | None = None,
@@ -237,3 +249,19 @@ class GatedDeltaNet(nn.Module):
             state.conv = full[:, :, full.shape[-1] - (self.kernel - 1) :]
         w = self.conv1d.weight
         return F.silu(F.conv1d(full.to(w.dtype), w, groups=self.conv_dim)).to(x.dtype).transpose(1, 2)
+
+
+def build_mixer(cfg: Any, layer: int) -> GatedDeltaNet:
+    """The ``linear_attn`` module of decoder layer ``layer`` from a ``TextConfig`` (its ``linear_*`` fields,
+    with transformers' defaults for the ones a config leaves out)."""
+    linear = cfg.linear
+    return GatedDeltaNet(
+        cfg.hidden_size,
+        num_k_heads=int(linear.get("linear_num_key_heads", 16)),
+        num_v_heads=int(linear.get("linear_num_value_heads", 32)),
+        head_k_dim=int(linear.get("linear_key_head_dim", 128)),
+        head_v_dim=int(linear.get("linear_value_head_dim", 128)),
+        conv_kernel=int(linear.get("linear_conv_kernel_dim", 4)),
+        eps=cfg.rms_norm_eps,
+        act=cfg.hidden_act,
+    )
