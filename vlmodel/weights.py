@@ -10,8 +10,8 @@ undone first for every family.
 MoE experts (any family with ``num_experts``) are accepted in the three layouts found in
 the wild and stored fused as transformers 5.x holds them (see ``vlmodel.moe``):
 fused ``gate_up_proj`` (E, 2I, D) / ``down_proj`` (E, D, I); the same transposed
-((E, D, 2I) / (E, I, D), the released Qwen3-VL-MoE files; told apart by shape, as
-transformers does); or one tensor per expert ``experts.N.{gate,up,down}_proj.weight``
+((E, D, 2I) / (E, I, D): the released Qwen3-VL-MoE files and transformers 4.57's;
+told apart by the shape of ``down_proj`` or ``gate_up_proj``, whichever is unambiguous); or one tensor per expert ``experts.N.{gate,up,down}_proj.weight``
 (what transformers 5.x writes for Qwen3.5-MoE).
 """
 
@@ -94,11 +94,13 @@ def fuse_experts(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Siz
             prefix, index, kind = match.groups()
             per_expert.setdefault(prefix, {}).setdefault(kind, {})[int(index)] = tensor
             continue
-        want = expected.get(name)
-        if (name.endswith((".experts.gate_up_proj", ".experts.down_proj")) and want is not None
-                and tensor.ndim == 3 and tensor.shape != want and tensor.transpose(1, 2).shape == want):
-            tensor = tensor.transpose(1, 2).contiguous()
         out[name] = tensor
+    for name in [n for n in out if n.endswith(".experts.down_proj")]:
+        prefix = name[: -len("down_proj")]
+        if _stored_transposed(out, expected, prefix):
+            for part in ("gate_up_proj", "down_proj"):
+                if prefix + part in out:
+                    out[prefix + part] = out[prefix + part].transpose(1, 2).contiguous()
     for prefix, kinds in per_expert.items():
         counts = {kind: len(parts) for kind, parts in kinds.items()}
         if set(kinds) != {"gate_proj", "up_proj", "down_proj"} or len(set(counts.values())) != 1:
@@ -111,3 +113,17 @@ def fuse_experts(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Siz
         out[prefix + ".gate_up_proj"] = torch.cat([gate, up], dim=1)
         out[prefix + ".down_proj"] = torch.stack([kinds["down_proj"][i] for i in range(n)])
     return out
+
+
+def _stored_transposed(tensors: dict, expected: dict, prefix: str) -> bool:
+    """Whether a layer's fused experts are stored (E, D, 2I) / (E, I, D).
+
+    Decided by whichever of the two tensors has an unambiguous shape (with D == 2I the
+    gate_up shape alone cannot tell; transformers then assumes it is not transposed).
+    """
+    for part in ("down_proj", "gate_up_proj"):
+        have, want = tensors.get(prefix + part), expected.get(prefix + part)
+        if have is None or want is None or have.ndim != 3 or want[1] == want[2]:
+            continue
+        return have.shape != want and have.transpose(1, 2).shape == want
+    return False
