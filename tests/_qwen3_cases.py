@@ -96,7 +96,7 @@ def inputs() -> dict[str, dict]:
     rng = np.random.default_rng(0)
     user = lambda *items: [{"role": "user", "content": [*items, {"type": "text", "text": "Describe this image."}]}]  # noqa: E731
     img, vid = {"type": "image", "image": "x"}, {"type": "video", "video": "x"}
-    return {
+    cases = {
         "text": _inputs([[{"role": "user", "content": "The quick brown fox jumps over the lazy dog."}]], greedy=16),
         "image": _inputs([user(img)], images=[_image(rng, 64, 96)], greedy=16),
         "images": _inputs([user(img, img, img)], images=[_image(rng, 96, 64), _image(rng, 128, 160),
@@ -108,3 +108,7 @@ def inputs() -> dict[str, dict]:
         "batch": _inputs([user(img), user(img, vid)], images=[_image(rng, 64, 96), _image(rng, 96, 128)],
                          videos=[_video(rng, 4, 32, 32)], greedy=16),
     }
+    train = dict(cases["video"], greedy=0)
+    train["labels"] = train["input_ids"].masked_fill(torch.arange(train["input_ids"].shape[1]) < 30, -100)
+    cases["train"] = train
+    return cases

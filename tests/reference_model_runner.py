@@ -45,9 +45,23 @@ def build(spec: dict):
     return model.eval()
 
 
+# parameters whose gradients are recorded for inputs that carry labels
+GRAD_KEYS = ("patch_embed.proj.weight", "pos_embed.weight", "deepstack_merger_list.0.linear_fc1.weight",
+             "blocks.0.attn.qkv.weight", "layers.0.self_attn.q_norm.weight", "layers.0.self_attn.q_proj.weight",
+             "experts.gate_up_proj", "mlp.gate.weight", "linear_attn.in_proj_qkv.weight", "linear_attn.A_log",
+             "embed_tokens.weight", "lm_head.weight")
+
+
 def run(model, inp: dict) -> dict:
-    kw = {k: v for k, v in inp.items() if k != "greedy" and v is not None}
+    kw = {k: v for k, v in inp.items() if k not in ("greedy", "labels") and v is not None}
     out = {}
+    if inp.get("labels") is not None:
+        model.zero_grad()
+        loss = model(**kw, labels=inp["labels"]).loss
+        loss.backward()
+        out["loss"] = loss.detach()
+        out["grads"] = {n: p.grad.clone() for n, p in model.named_parameters()
+                        if p.grad is not None and n.endswith(GRAD_KEYS)}
     with torch.no_grad():
         out["logits"] = model(**kw).logits
         if inp.get("greedy"):

@@ -93,6 +93,25 @@ def test_greedy_tokens_match_transformers_5(reference, name):
         assert got.tolist() == results[name][key]["tokens"].tolist(), key
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_and_gradients_match_transformers_5(reference, name):
+    """Training: the same loss and the same gradients (vision tower, DeepStack, q/k norm, experts, head)."""
+    from vlmodel.weights import canonical_name
+
+    cases, results, dirs = reference
+    model = vlmodel.from_pretrained(dirs[name], dtype=torch.float32).train()
+    inp, ref = cases["train"], results[name]["train"]
+    loss = model(inp["input_ids"], attention_mask=inp["attention_mask"], labels=inp["labels"], **_media(inp)).loss
+    assert abs(loss.item() - ref["loss"].item()) <= 1e-4 * abs(ref["loss"].item())
+    loss.backward()
+    params = dict(model.named_parameters())
+    assert len(ref["grads"]) >= 7
+    for hf_name, theirs in ref["grads"].items():
+        mine = params[canonical_name(hf_name, model.config.model_type)].grad
+        assert mine is not None and theirs.abs().max() > 0, hf_name
+        assert (mine - theirs).abs().max() <= 1e-3 * theirs.abs().max(), hf_name
+
+
 def test_files_cover_sharded_and_tied_layouts(reference):
     _, _, dirs = reference
     for spec in MODELS:
@@ -201,3 +220,49 @@ def test_logits_match_transformers_4_57(family, tmp_path):
 @functools.lru_cache(maxsize=None)
 def inputs_cached():
     return inputs()
+
+
+def test_cli_answers_with_a_qwen3_moe_checkpoint(reference, tmp_path):
+    """python -m vlmodel on a transformers-5.23 Qwen3-VL-MoE checkpoint: Qwen3 inputs (patch 16),
+    and the streamed answer is model.generate's."""
+    import re
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from _qwen3_cases import TOKENS
+    from vlmodel.__main__ import messages_for, model_inputs, stop_ids
+
+    _, _, dirs = reference
+    shutil.copytree(dirs["moe-step2-tied"], tmp_path / "ckpt")
+    ckpt = tmp_path / "ckpt"
+    vocab = {f"w{i}": i for i in range(380)}
+    for i, word in enumerate(["user", "assistant", "Describe", "this", "image", "\n"]):
+        vocab[word] = 380 + i
+    vocab.update({k: v for k, v in TOKENS.items()})
+    vocab["[UNK]"] = 420
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="removed")
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(list(TOKENS))
+    tok.save(str(ckpt / "tokenizer.json"))
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (120, 200, 3), dtype=np.uint8)).save(img)
+    out = subprocess.run([sys.executable, "-m", "vlmodel", "--model", str(ckpt), "--image", str(img),
+                          "--prompt", "Describe this image", "--max-new-tokens", "5"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = re.search(r"visual tokens: (\d+)\).*?(\d+) new tokens.*qwen3_vl_moe", out.stderr)
+    assert report, out.stderr
+    assert int(report.group(1)) == (128 // 32) * (192 // 32)  # 120x200 -> 128x192 at factor 32
+    model = _load(str(ckpt))
+    inputs = model_inputs(messages_for([str(img)], [], "Describe this image"), tok, model.config)
+    stops = stop_ids(str(ckpt), model.config)
+    new = model.generate(inputs.pop("input_ids"), max_new_tokens=5, stop_token_ids=stops, pad_token_id=-1,
+                         **{k: inputs[k] for k in ("attention_mask", "pixel_values", "image_grid_thw")})
+    answer = [t for t in new[0].tolist() if t != -1 and t not in stops]
+    assert int(report.group(2)) == len(answer)
+    assert out.stdout.strip() == tok.decode(answer, skip_special_tokens=True).strip()

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Per-family facts that config.json leaves implicit.  Keys are TextConfig/VisionConfig fields
-# ("text." / "vision." prefixes) or where the config keeps its rotary parameters.
+# ("text." / "vision." prefixes); "inputs" names the model type whose inputs (chat template,
+# processor, M-RoPE ids) vlutils builds for this family when it is not the family itself.
 _QWEN3_VISION = {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu_pytorch_tanh",
                  "vision.patch_bias": True, "vision.patch_size": 16, "vision.num_position_embeddings": 2304}
 _QWEN3_TEXT = {"text.qk_norm": True, "text.mrope_interleaved": True, "text.qkv_bias": None}
@@ -31,10 +32,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
                    "vision.hidden_act": "silu", "vision.window_size": 112,
                    "vision.fullatt_block_indexes": [7, 15, 23, 31]},
     "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
-    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
+    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
+                     "inputs": "qwen3_vl"},
     "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True, "text.attn_output_gate": True},
     "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True,
-                    "text.attn_output_gate": True},
+                    "text.attn_output_gate": True, "inputs": "qwen3_5"},
 }
 MIXERS = ("full_attention", "linear_attention")
 
@@ -130,6 +132,11 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     eos_token_id: list[int] = field(default_factory=list)
+
+    @property
+    def input_type(self) -> str:
+        """The ``model_type`` to give vlutils (build_inputs, get_rope_index) for this checkpoint."""
+        return FAMILIES[self.model_type].get("inputs", self.model_type)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":

@@ -27,15 +27,13 @@ def rope_index(
         raise ImportError(
             "computing M-RoPE positions needs vlutils.rope.get_rope_index; pass position_ids explicitly"
         ) from exc
-    # The MoE variants number positions exactly like their dense family.
-    model_type = config.model_type.removesuffix("_moe")
     return get_rope_index(
         input_ids,
         image_grid_thw,
         video_grid_thw,
         attention_mask,
         second_per_grid_ts,
-        model_type=model_type,
+        model_type=config.input_type,
         spatial_merge_size=config.vision.spatial_merge_size,
         tokens_per_second=config.vision.tokens_per_second,
         image_token_id=config.image_token_id,
