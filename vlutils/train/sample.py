@@ -91,7 +91,8 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
     train_on = options.pop("train_on", "all")
     _check_options(model_type, truncation, train_on, max_length, options, name)
     chat_options = {k: options[k] for k in _CHAT_OPTIONS if k in options}
-    preset = get_preset(model_type, **{k: v for k, v in options.items() if k not in ("tokens_per_second", "pad_token_id", *_CHAT_OPTIONS)})
+    not_preset = ("tokens_per_second", "pad_token_id", *_CHAT_OPTIONS)
+    preset = get_preset(model_type, **{k: v for k, v in options.items() if k not in not_preset})
 
     text, spans = format_chat_with_spans(messages, model_type=model_type, **chat_options)
     if not spans:
