@@ -121,6 +121,8 @@ def build(args) -> tuple[str, str]:
     torch.save(samples, samples_path)
     cfg = hf_config("qwen2_vl", size="base", init=0.02)
     cfg.text_config.num_hidden_layers = args.layers
+    if getattr(cfg.text_config, "layer_types", None):  # one entry per layer
+        cfg.text_config.layer_types = cfg.text_config.layer_types[: args.layers]
     cfg.vision_config.depth = args.vision_layers
     torch.manual_seed(0)
     ckpt = os.path.join(OUT, f"train_ckpt_{args.layers}_{args.vision_layers}")

@@ -40,7 +40,7 @@ def random_case(
                 t = rng.randint(20, 60) if long_videos else rng.randint(1, 12)
                 h, w = merge * rng.randint(1, 4), merge * rng.randint(1, 4)
                 videos.append([t, h, w])
-                if model_type == "qwen3_vl":  # one timestamped block per temporal patch
+                if model_type.startswith("qwen3"):  # one timestamped block per temporal patch
                     for _ in range(t):
                         row += _text(rng, rng.randint(1, 4)) + _block(VIDEO_PAD, h * w // merge**2)
                 else:

@@ -35,6 +35,18 @@ def _reference_class(model_type: str, major_minor: tuple[int, int]):
         from transformers.models.qwen3_vl import modeling_qwen3_vl as m
 
         return m.Qwen3VLModel
+    if model_type == "qwen3_vl_moe":
+        from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as m
+
+        return m.Qwen3VLMoeModel
+    if model_type == "qwen3_5":
+        from transformers.models.qwen3_5 import modeling_qwen3_5 as m
+
+        return m.Qwen3_5Model
+    if model_type == "qwen3_5_moe":
+        from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe as m
+
+        return m.Qwen3_5MoeModel
     raise ValueError(model_type)
 
 

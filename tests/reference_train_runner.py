@@ -2,7 +2,8 @@
 reference transformers importable): per-sample, right-padded and packed (4-row positions).
 
 Usage: python reference_train_runner.py CASES.pt OUT.pt
-CASES: {family: {"checkpoint": dir or None (Qwen3-VL: a tiny model built here), "samples": [...],
+CASES: {family: {"checkpoint": dir or None (Qwen3-VL: a tiny model built here and written to
+"save_to"), "samples": [...],
 "padded": batch, "packed": batch with 4-row position_ids}}.
 OUT: {"version": str, "results": {family: {"alone": [(loss, logits)], "padded": (loss, logits),
 "packed": (loss, logits)}}}.
@@ -33,9 +34,12 @@ def tiny_qwen3_vl(seed: int = 0):
     return Qwen3VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa")
 
 
-def load(family: str, checkpoint: str | None):
-    if checkpoint is None:
-        return tiny_qwen3_vl().float().eval()
+def load(family: str, checkpoint: str | None, save_to: str | None = None):
+    if checkpoint is None:  # Qwen3-VL: built here, saved for vlmodel to load afterwards
+        model = tiny_qwen3_vl().float().eval()
+        if save_to:
+            model.save_pretrained(save_to)
+        return model
     cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
            "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}[family]
     return cls.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -52,7 +56,7 @@ def main(cases_path: str, out_path: str) -> None:
     cases = torch.load(cases_path, weights_only=False)
     results = {}
     for family, case in cases.items():
-        model = load(family, case["checkpoint"])
+        model = load(family, case["checkpoint"], case.get("save_to"))
         alone = []
         for s in case["samples"]:
             batch = {"input_ids": s["input_ids"][None], "labels": s["labels"][None],

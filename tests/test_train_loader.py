@@ -106,3 +106,4 @@ def test_dataset_from_a_list_and_padded_collate():
     assert batch["input_ids"].shape[1] % 8 == 0
     assert batch["attention_mask"].sum().item() == sum(s["num_tokens"] for s in samples)
     assert ds.sizes() == [(s["num_tokens"], s["num_patches"]) for s in samples]
+    assert ds.sizes(num_workers=2) == ds.sizes()

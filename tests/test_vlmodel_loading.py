@@ -193,7 +193,7 @@ def test_released_configs_give_transformers_tensor_names_and_shapes(name):
     with torch.device("meta"):
         hf = hf_cls._from_config(cfg_cls(**raw))
         ours = vlmodel.Qwen2VL(ours_cfg)
-    theirs = {vlmodel.loading.canonical_name(k): tuple(v.shape) for k, v in hf.state_dict().items()}
+    theirs = {vlmodel.weights.canonical_name(k, raw["model_type"]): tuple(v.shape) for k, v in hf.state_dict().items()}
     mine = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert mine == theirs
     hf_tied = hf.lm_head.weight is hf.model.language_model.embed_tokens.weight

@@ -18,9 +18,6 @@ import time
 
 import torch
 
-SYSTEM = "You are a helpful assistant."
-
-
 def messages_for(images: list[str], videos: list[str], prompt: str, max_pixels: int | None = None,
                  fps: float | None = None) -> list[dict]:
     """One user turn: the images, then the videos, then the prompt (qwen-vl-utils message format)."""
@@ -34,14 +31,16 @@ def messages_for(images: list[str], videos: list[str], prompt: str, max_pixels: 
     return [{"role": "user", "content": content + [{"type": "text", "text": prompt}]}]
 
 
-def model_inputs(messages: list[dict], tokenizer, config, system: str = SYSTEM) -> dict:
+def model_inputs(messages: list[dict], tokenizer, config, system: str | None = None) -> dict:
     """vlutils.build_inputs with the checkpoint's vision constants (media fetch, chat template,
-    patches, placeholder expansion, tokens, M-RoPE positions)."""
+    patches, placeholder expansion, tokens, M-RoPE positions).  ``system=None`` keeps the
+    family's default (Qwen2-VL: "You are a helpful assistant."; Qwen3: none)."""
     from vlutils.inputs import build_inputs
 
     vc = config.vision
+    extra = {} if system is None else {"system_prompt": system}
     return build_inputs(
-        messages, tokenizer, model_type=config.model_type, system_prompt=system,
+        messages, tokenizer, model_type=config.input_type, **extra,
         tokens_per_second=vc.tokens_per_second, patch_size=vc.patch_size,
         temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size,
     )
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", action="append", default=[], help="image path or URL (repeatable)")
     p.add_argument("--video", action="append", default=[], help="video path or URL (repeatable)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--system", default=SYSTEM)
+    p.add_argument("--system", help="system prompt (default: the family's chat-template default)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int)

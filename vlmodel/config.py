@@ -1,15 +1,15 @@
-"""Model configuration read from a checkpoint's ``config.json``.
+"""Model configuration read from a checkpoint's ``config.json``: a family is a set of fields.
 
-Two layouts exist in the wild and both are accepted:
+Every architectural difference between Qwen2-VL, Qwen2.5-VL, Qwen3-VL(-MoE) and
+Qwen3.5(-MoE) is a field of :class:`TextConfig` or :class:`VisionConfig` (attention
+biases, q/k norm, rotary layout, window attention, DeepStack layers, layer types, MoE
+shape...).  What ``config.json`` does not spell out (Qwen2's q/k/v bias, which norm the
+ViT uses...) comes from the per-family defaults in :data:`FAMILIES`; the model code never
+asks which family it is.
 
-* the *flat* hub layout of the released Qwen2-VL / Qwen2.5-VL checkpoints: text-model
-  fields at the top level, a nested ``vision_config``, ``rope_scaling = {"type": "mrope",
-  "mrope_section": [...]}``, vision fields such as ``in_chans``;
-* the *nested* layout written by recent transformers (4.5x and 5.x): a ``text_config``
-  and a ``vision_config``, and in 5.x ``rope_parameters`` instead of ``rope_scaling``.
-
-Everything is normalised into three small dataclasses so the model code never has to
-care which layout a checkpoint used.
+Layouts accepted: the flat hub layout of the released Qwen2-VL / Qwen2.5-VL checkpoints
+(text fields at the top level, ``rope_scaling``), and the nested layout of recent
+transformers (``text_config`` / ``vision_config``, 5.x ``rope_parameters``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,26 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+# Per-family facts that config.json leaves implicit.  Keys are TextConfig/VisionConfig fields
+# ("text." / "vision." prefixes); "inputs" names the model type whose inputs (chat template,
+# processor, M-RoPE ids) vlutils builds for this family when it is not the family itself.
+_QWEN3_VISION = {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu_pytorch_tanh",
+                 "vision.patch_bias": True, "vision.patch_size": 16, "vision.num_position_embeddings": 2304}
+_QWEN3_TEXT = {"text.qk_norm": True, "text.mrope_interleaved": True, "text.qkv_bias": None}
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen2_vl": {"text.qkv_bias": True, "vision.norm": "layernorm", "vision.mlp": "plain",
+                 "vision.hidden_act": "quick_gelu"},
+    "qwen2_5_vl": {"text.qkv_bias": True, "vision.norm": "rmsnorm", "vision.mlp": "gated",
+                   "vision.hidden_act": "silu", "vision.window_size": 112,
+                   "vision.fullatt_block_indexes": [7, 15, 23, 31]},
+    "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
+    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
+                     "inputs": "qwen3_vl"},
+    "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True, "text.attn_output_gate": True},
+    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True,
+                    "text.attn_output_gate": True, "inputs": "qwen3_5"},
+}
+MIXERS = ("full_attention", "linear_attention")
 
 
 class ConfigError(ValueError):
@@ -28,22 +47,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class VisionConfig:
-    """The ViT: patch embedding, ``depth`` blocks, then a 2x2 PatchMerger into text width."""
+    """The ViT: patch embedding, ``depth`` blocks, then a PatchMerger into the text width."""
 
-    family: str
     depth: int
-    width: int  # ViT hidden size ("embed_dim" in Qwen2-VL, "hidden_size" in Qwen2.5-VL)
+    width: int  # ViT hidden size ("embed_dim" in Qwen2-VL, "hidden_size" later)
     num_heads: int
-    mlp_dim: int  # MLP hidden size
+    mlp_dim: int
     out_dim: int  # merger output = text hidden size
     hidden_act: str
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm" (block norms and the merger's)
+    mlp: str = "plain"  # "plain": fc2(act(fc1 x)); "gated": SwiGLU with biases
     in_channels: int = 3
     patch_size: int = 14
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
-    # Qwen2.5-VL only: windowed attention except in the listed full-attention blocks.
-    window_size: int = 0
+    patch_bias: bool = False  # Conv3d patch embedding bias (Qwen3)
+    num_position_embeddings: int = 0  # learned (side x side) position table, resampled per grid (Qwen3)
+    window_size: int = 0  # windowed attention except in fullatt_block_indexes (Qwen2.5-VL)
     fullatt_block_indexes: list[int] = field(default_factory=list)
+    deepstack_visual_indexes: list[int] = field(default_factory=list)  # blocks feeding extra mergers (Qwen3-VL)
+    rope_theta: float = 10000.0
     tokens_per_second: float = 2.0
 
     @property
@@ -58,7 +81,7 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    """The Qwen2 decoder."""
+    """The decoder: one token mixer per layer (``layer_types``), then a dense or MoE MLP."""
 
     vocab_size: int
     hidden_size: int
@@ -66,15 +89,37 @@ class TextConfig:
     num_layers: int
     num_heads: int
     num_kv_heads: int
+    head_dim: int
     rms_norm_eps: float
     rope_theta: float
     mrope_section: list[int]  # rotary frequencies given to the (t, h, w) position axes
+    mrope_interleaved: bool = False  # Qwen3: frequencies cycle t, h, w instead of contiguous sections
+    partial_rotary_factor: float = 1.0  # fraction of head_dim that is rotated (Qwen3.5: 0.25)
     hidden_act: str = "silu"
     tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE
+    attn_output_gate: bool = False  # q_proj also yields a sigmoid gate on the attention output
+    norm_zero_centered: bool = False  # RMSNorm weight applied as (1 + w)
+    layer_types: list[str] = field(default_factory=list)  # "full_attention" | "linear_attention" per layer
+    # MoE (num_experts = 0: dense MLP everywhere)
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = field(default_factory=list)
+    # gated DeltaNet (linear_attention layers)
+    linear: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
 
 
 @dataclass
@@ -87,6 +132,11 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     eos_token_id: list[int] = field(default_factory=list)
+
+    @property
+    def input_type(self) -> str:
+        """The ``model_type`` to give vlutils (build_inputs, get_rope_index) for this checkpoint."""
+        return FAMILIES[self.model_type].get("inputs", self.model_type)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
@@ -120,18 +170,22 @@ def _as_list(value: Any) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [int(value)]
 
 
+def _defaults(model_type: str, part: str) -> dict[str, Any]:
+    return {k.split(".", 1)[1]: v for k, v in FAMILIES[model_type].items() if k.startswith(part + ".")}
+
+
 def _parse(raw: dict[str, Any]) -> ModelConfig:
     model_type = raw.get("model_type")
     if model_type not in FAMILIES:
-        raise ConfigError(f"config.json: model_type {model_type!r} is not one of {FAMILIES}")
+        raise ConfigError(f"config.json: model_type {model_type!r} is not one of {tuple(FAMILIES)}")
     text_raw = raw.get("text_config") or raw  # nested layout, else the flat hub layout
     vision_raw = raw.get("vision_config")
     if not isinstance(vision_raw, dict):
         raise ConfigError("config.json: missing 'vision_config'")
     return ModelConfig(
         model_type=model_type,
-        text=_parse_text(text_raw, raw),
-        vision=_parse_vision(vision_raw, model_type),
+        text=_parse_text(text_raw, raw, _defaults(model_type, "text")),
+        vision=_parse_vision(vision_raw, _defaults(model_type, "vision")),
         image_token_id=int(raw.get("image_token_id", 151655)),
         video_token_id=int(raw.get("video_token_id", 151656)),
         vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
@@ -140,9 +194,9 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
     )
 
 
-def _parse_text(t: dict[str, Any], top: dict[str, Any]) -> TextConfig:
+def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) -> TextConfig:
     where = "text_config." if t is not top else ""
-    # transformers 5.x folds rope_theta and mrope_section into "rope_parameters".
+    # transformers 5.x folds rope_theta, mrope_section (and more) into "rope_parameters".
     rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "mrope"):
@@ -151,53 +205,81 @@ def _parse_text(t: dict[str, Any], top: dict[str, Any]) -> TextConfig:
         raise ConfigError("config.json: use_sliding_window=true is not supported")
     hidden = int(_require(t, "hidden_size", where))
     heads = int(_require(t, "num_attention_heads", where))
+    head_dim = int(t.get("head_dim") or hidden // heads)
+    partial = float(rope.get("partial_rotary_factor", t.get("partial_rotary_factor", 1.0)))
     section = [int(s) for s in rope.get("mrope_section", [])]
     if not section:
         raise ConfigError("config.json: rope_scaling/rope_parameters has no 'mrope_section'")
-    if sum(section) * 2 != hidden // heads:
-        raise ConfigError(f"config.json: mrope_section {section} must sum to head_dim/2 = {hidden // heads // 2}")
-    tie = t.get("tie_word_embeddings", top.get("tie_word_embeddings", False))
+    if sum(section) * 2 != int(head_dim * partial):
+        raise ConfigError(f"config.json: mrope_section {section} must sum to rotary dim / 2 = {int(head_dim * partial) // 2}")
+    layers = int(_require(t, "num_hidden_layers", where))
+    layer_types = list(t.get("layer_types") or ["full_attention"] * layers)
+    if len(layer_types) != layers or any(k not in MIXERS for k in layer_types):
+        raise ConfigError(f"config.json: layer_types {layer_types} must list one of {MIXERS} per layer ({layers})")
+    bias = family.get("qkv_bias")
+    attention_bias = bool(t.get("attention_bias", False))
+    # transformers 4.x ties by the text config's flag, 5.x by the top-level one.
+    first, second = (top, t) if str(top.get("transformers_version", "")).startswith("5.") else (t, top)
+    tie = first.get("tie_word_embeddings", second.get("tie_word_embeddings", False))
     return TextConfig(
         vocab_size=int(_require(t, "vocab_size", where)),
         hidden_size=hidden,
-        intermediate_size=int(_require(t, "intermediate_size", where)),
-        num_layers=int(_require(t, "num_hidden_layers", where)),
+        intermediate_size=int(t.get("intermediate_size") or 0),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(t.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
         rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1000000.0))),
         mrope_section=section,
+        mrope_interleaved=bool(rope.get("mrope_interleaved", family.get("mrope_interleaved", False))),
+        partial_rotary_factor=partial,
         hidden_act=t.get("hidden_act", "silu"),
         tie_word_embeddings=bool(tie),
+        qkv_bias=attention_bias if bias is None else bias,  # Qwen2: q/k/v always biased, o never
+        o_bias=attention_bias if bias is None else False,
+        qk_norm=bool(family.get("qk_norm", False)),
+        attn_output_gate=bool(family.get("attn_output_gate", False)),
+        norm_zero_centered=bool(family.get("norm_zero_centered", False)),
+        layer_types=layer_types,
+        num_experts=int(t.get("num_experts", t.get("num_local_experts", 0)) or 0),
+        num_experts_per_tok=int(t.get("num_experts_per_tok", 0) or 0),
+        moe_intermediate_size=int(t.get("moe_intermediate_size", 0) or 0),
+        shared_expert_intermediate_size=int(t.get("shared_expert_intermediate_size", 0) or 0),
+        decoder_sparse_step=int(t.get("decoder_sparse_step", 1) or 1),
+        mlp_only_layers=[int(i) for i in t.get("mlp_only_layers", []) or []],
+        linear={k: v for k, v in t.items() if k.startswith("linear_")},
     )
 
 
-def _parse_vision(v: dict[str, Any], family: str) -> VisionConfig:
-    common = dict(
-        family=family,
-        depth=int(_require(v, "depth", "vision_config.")),
-        num_heads=int(_require(v, "num_heads", "vision_config.")),
+def _parse_vision(v: dict[str, Any], family: dict[str, Any]) -> VisionConfig:
+    w = "vision_config."
+    if "embed_dim" in v:  # Qwen2-VL names: embed_dim wide, mlp_ratio, hidden_size = text width
+        width = int(v["embed_dim"])
+        mlp_dim, out_dim = int(width * float(v.get("mlp_ratio", 4))), int(_require(v, "hidden_size", w))
+    else:
+        width = int(_require(v, "hidden_size", w))
+        mlp_dim, out_dim = int(_require(v, "intermediate_size", w)), int(_require(v, "out_hidden_size", w))
+    get = lambda key, *alt: next((v[k] for k in (key, *alt) if k in v), family.get(key))  # noqa: E731
+    rope = v.get("rope_parameters") or {}
+    return VisionConfig(
+        depth=int(_require(v, "depth", w)),
+        width=width,
+        num_heads=int(_require(v, "num_heads", w)),
+        mlp_dim=mlp_dim,
+        out_dim=out_dim,
+        hidden_act=v.get("hidden_act", family["hidden_act"]),
+        norm=family["norm"],
+        mlp=family["mlp"],
         in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
-        patch_size=int(v.get("patch_size", v.get("spatial_patch_size", 14))),
+        patch_size=int(get("patch_size", "spatial_patch_size") or 14),
         temporal_patch_size=int(v.get("temporal_patch_size", 2)),
         spatial_merge_size=int(v.get("spatial_merge_size", 2)),
-    )
-    if family == "qwen2_vl":
-        width = int(_require(v, "embed_dim", "vision_config."))
-        return VisionConfig(
-            width=width,
-            mlp_dim=int(width * float(v.get("mlp_ratio", 4))),
-            out_dim=int(_require(v, "hidden_size", "vision_config.")),
-            hidden_act=v.get("hidden_act", "quick_gelu"),
-            **common,
-        )
-    return VisionConfig(
-        width=int(_require(v, "hidden_size", "vision_config.")),
-        mlp_dim=int(_require(v, "intermediate_size", "vision_config.")),
-        out_dim=int(_require(v, "out_hidden_size", "vision_config.")),
-        hidden_act=v.get("hidden_act", "silu"),
-        window_size=int(v.get("window_size", 112)),
-        fullatt_block_indexes=[int(i) for i in v.get("fullatt_block_indexes", [7, 15, 23, 31])],
+        patch_bias=bool(family.get("patch_bias", False)),
+        num_position_embeddings=int(get("num_position_embeddings") or 0),
+        window_size=int(get("window_size") or 0),
+        fullatt_block_indexes=[int(i) for i in get("fullatt_block_indexes") or []],
+        deepstack_visual_indexes=[int(i) for i in get("deepstack_visual_indexes") or []],
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
         tokens_per_second=float(v.get("tokens_per_second", 2)),
-        **common,
     )

@@ -6,6 +6,10 @@ sequence index plus the row's *rope delta* (returned by the prefill): vision tok
 use fewer positions than they occupy, so text after them runs ahead of/behind the
 index, and all three axes continue together from there.
 
+``model`` is a :class:`vlmodel.model.VLModel` (this module does not import it, so
+that ``model`` can offer ``model.generate``).  The cache holds one state per layer (KV
+cache or recurrent state), filled by the prefill and advanced by each step.
+
 Left padding: padded rows carry 0 in ``attention_mask``; the mask grows by one real
 token per step so padding is never attended.  A row stops at a stop token; after it
 emits ``pad_token_id``.
@@ -14,10 +18,9 @@ emits ``pad_token_id``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
-
-from .model import Qwen2VL
 
 
 def sample_next(
@@ -51,7 +54,7 @@ def sample_next(
 
 @torch.inference_mode()
 def stream(
-    model: Qwen2VL,
+    model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
@@ -119,7 +122,7 @@ def stream(
         out = model(token[:, None], attention_mask=attention_mask, cache=cache, rope_deltas=deltas)
 
 
-def generate(model: Qwen2VL, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+def generate(model: Any, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
     """The new tokens (B, T) for a (left-padded) batch; T <= ``max_new_tokens``.
 
     Keyword arguments as in :func:`stream`.  Rows that stop early are filled with

@@ -1,10 +1,11 @@
-"""Load a Hugging Face Qwen2-VL / Qwen2.5-VL checkpoint directory into :class:`Qwen2VL`.
+"""Load a Hugging Face checkpoint directory of any supported family into :class:`VLModel`.
 
 Accepted: ``model.safetensors`` or shards listed in ``model.safetensors.index.json``;
 tensor names as in the released checkpoints (``visual.*``, ``model.*``, ``lm_head.*``)
-or as transformers 5.x writes them (``model.visual.*``, ``model.language_model.*``);
-tied embeddings with no ``lm_head.weight`` in the file.  Any tensor left over, missing,
-or of the wrong shape is an error that lists them all.
+or as transformers 5.x writes them (``model.visual.*``, ``model.language_model.*``),
+mapped through the family's table in ``vlmodel.weights``; tied embeddings with no
+``lm_head.weight`` in the file.  Any tensor left over, missing, or of the wrong shape is
+an error that lists them all (by their checkpoint names).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import os
 import torch
 
 from .config import ModelConfig
-from .model import Qwen2VL
+from .model import VLModel
+from .weights import canonical_name, checkpoint_name, fuse_experts
 
 log = logging.getLogger(__name__)
 
-# transformers 5.x in-memory prefixes -> original checkpoint prefixes (= our module names)
-_RENAMES = (("model.visual.", "visual."), ("model.language_model.", "model."))
 _SHOW = 20  # names listed per error before "... and N more"
 
 
@@ -32,14 +32,6 @@ class CheckpointError(ValueError):
 def _listing(names: list[str]) -> str:
     shown = ", ".join(sorted(names)[:_SHOW])
     return shown + (f", ... and {len(names) - _SHOW} more" if len(names) > _SHOW else "")
-
-
-def canonical_name(name: str) -> str:
-    """The original-checkpoint name of a tensor (undoing transformers 5.x prefixes)."""
-    for old, new in _RENAMES:
-        if name.startswith(old):
-            return new + name[len(old) :]
-    return name
 
 
 def weight_files(path: str) -> list[str]:
@@ -60,8 +52,8 @@ def weight_files(path: str) -> list[str]:
     return files
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint, keyed by their original names."""
+def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint, keyed by our module names (``vlmodel.weights``)."""
     try:
         from safetensors.torch import load_file
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -73,7 +65,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read {file}: {exc}") from exc
         for name, tensor in part.items():
-            tensors[canonical_name(name)] = tensor
+            tensors[canonical_name(name, model_type)] = tensor
     return tensors
 
 
@@ -81,7 +73,7 @@ def from_pretrained(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> Qwen2VL:
+) -> VLModel:
     """Build the model described by ``path/config.json`` and load its weights.
 
     ``dtype=None`` keeps the dtype stored in the files; ``device=None`` means CPU.
@@ -89,10 +81,15 @@ def from_pretrained(
     """
     path = os.fspath(path)
     config = ModelConfig.from_file(path)
-    tensors = read_state_dict(path)
+    tensors = read_state_dict(path, config.model_type)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = Qwen2VL(config)
+        model = VLModel(config)
     expected = dict(model.state_dict())
+    try:
+        tensors = fuse_experts(tensors, {k: v.shape for k, v in expected.items()})
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    show = lambda names: [checkpoint_name(n, config.model_type) for n in names]  # noqa: E731
     tied = config.text.tie_word_embeddings
     if tied:
         expected.pop("lm_head.weight")
@@ -103,11 +100,12 @@ def from_pretrained(
     if unknown or missing:
         parts = [f"checkpoint {path} does not match its config ({config.model_type})"]
         if missing:
-            parts.append(f"missing {len(missing)} tensors: {_listing(missing)}")
+            parts.append(f"missing {len(missing)} tensors: {_listing(show(missing))}")
         if unknown:
-            parts.append(f"unknown {len(unknown)} tensors: {_listing(unknown)}")
+            parts.append(f"unknown {len(unknown)} tensors: {_listing(show(unknown))}")
         raise CheckpointError("; ".join(parts))
-    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if tensors[k].shape != v.shape]
+    wrong = [f"{checkpoint_name(k, config.model_type)} {tuple(tensors[k].shape)} != {tuple(v.shape)}"
+             for k, v in expected.items() if tensors[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"checkpoint {path}: tensors of the wrong shape: {_listing(wrong)}")
     target = torch.device(device) if device is not None else torch.device("cpu")

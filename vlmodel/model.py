@@ -1,12 +1,14 @@
-"""Qwen2-VL / Qwen2.5-VL: the vision tower's outputs replace placeholder tokens in the text.
+"""The whole model: the vision tower's outputs replace placeholder tokens in the text.
 
 The prompt holds one ``<|image_pad|>`` (or ``<|video_pad|>``) token per merged vision
-token.  The model embeds the text, runs the vision tower on all images (and all
-videos) at once, writes the vision vectors over the placeholder embeddings in order,
-and runs the decoder with M-RoPE positions in which vision tokens get (t, h, w) grid
-coordinates and text tokens continue after the largest one.
+token.  The model embeds the text, runs the vision tower on all images (and all videos)
+at once, writes the vision vectors over the placeholder embeddings in order, and runs the
+decoder with M-RoPE positions in which vision tokens get (t, h, w) grid coordinates.
+With DeepStack (Qwen3-VL) the tower's extra features are added at the visual positions
+after the first decoder layers (prefill only).
 
-Attribute names match the original checkpoints: ``visual.*``, ``model.*``, ``lm_head.*``.
+Attribute names are the original checkpoints' (``visual.*``, ``model.*``, ``lm_head.*``);
+``vlmodel.weights`` maps every family's tensor names onto them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import check_cu_seqlens
 from .config import ModelConfig
-from .text import KVCache, TextModel, check_cu_seqlens
+from .decoder import Cache, TextModel
+from .generate import generate
+from .positions import packed_rope_index, rope_index
 from .vision import VisionTransformer
 
 
@@ -29,8 +34,8 @@ class Output:
     rope_deltas: torch.Tensor | None = None  # (B, 1): decode position = sequence index + delta
 
 
-class Qwen2VL(nn.Module):
-    """Both families: ``config.model_type`` selects the Qwen2-VL or Qwen2.5-VL vision tower."""
+class VLModel(nn.Module):
+    """Every family; what differs is in ``config`` (see ``vlmodel.config``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -49,72 +54,10 @@ class Qwen2VL(nn.Module):
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 
-    def rope_index(
-        self,
-        input_ids: torch.Tensor,
-        image_grid_thw: torch.Tensor | None = None,
-        video_grid_thw: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        second_per_grid_ts: torch.Tensor | list[float] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_index(self, input_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
+                   second_per_grid_ts=None) -> tuple[torch.Tensor, torch.Tensor]:
         """M-RoPE positions (3, B, L) and rope deltas (B, 1), computed by ``vlutils.rope``."""
-        try:
-            from vlutils.rope import get_rope_index
-        except ImportError as exc:
-            raise ImportError(
-                "computing M-RoPE positions needs vlutils.rope.get_rope_index; pass position_ids explicitly"
-            ) from exc
-        c = self.config
-        return get_rope_index(
-            input_ids,
-            image_grid_thw,
-            video_grid_thw,
-            attention_mask,
-            second_per_grid_ts,
-            model_type=c.model_type,
-            spatial_merge_size=c.vision.spatial_merge_size,
-            tokens_per_second=c.vision.tokens_per_second,
-            image_token_id=c.image_token_id,
-            video_token_id=c.video_token_id,
-            vision_start_token_id=c.vision_start_token_id,
-        )
-
-    def packed_rope_index(
-        self,
-        input_ids: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        image_grid_thw: torch.Tensor | None = None,
-        video_grid_thw: torch.Tensor | None = None,
-        second_per_grid_ts: torch.Tensor | list[float] | None = None,
-    ) -> torch.Tensor:
-        """Positions (3, 1, L) of a packed row: every sample numbered from 0 on its own.
-
-        The grids (in sample order) are handed to the sample whose placeholders they fill.
-        A Python loop over samples, for positions only (cheap; the decoder runs once).
-        """
-        c = self.config
-        unit = c.vision.spatial_merge_size**2
-        grids = {"image": _rows(image_grid_thw), "video": _rows(video_grid_thw)}
-        seconds = _rows(second_per_grid_ts)
-        taken = {"image": 0, "video": 0}
-        parts = []
-        for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-            ids = input_ids[:, a:b]
-            mine: dict[str, tuple[int, int]] = {}  # kind -> [first, end) of its grids
-            for kind, token in (("image", c.image_token_id), ("video", c.video_token_id)):
-                first, want = taken[kind], int((ids == token).sum())
-                while want > 0 and taken[kind] < len(grids[kind]):
-                    want -= int(torch.as_tensor(grids[kind][taken[kind]]).prod()) // unit
-                    taken[kind] += 1
-                if want != 0:
-                    raise ValueError(f"packed sample at [{a}, {b}): its {kind} placeholders do not match the {kind} grids")
-                mine[kind] = (first, taken[kind])
-            (i0, i1), (v0, v1) = mine["image"], mine["video"]
-            image = torch.stack(grids["image"][i0:i1]) if i1 > i0 else None
-            video = torch.stack(grids["video"][v0:v1]) if v1 > v0 else None
-            secs = torch.stack([torch.as_tensor(x) for x in seconds[v0:v1]]) if seconds and v1 > v0 else None
-            parts.append(self.rope_index(ids, image, video, None, secs)[0])
-        return torch.cat(parts, dim=2)
+        return rope_index(self.config, input_ids, image_grid_thw, video_grid_thw, attention_mask, second_per_grid_ts)
 
     def embed(
         self,
@@ -124,8 +67,9 @@ class Qwen2VL(nn.Module):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         strict: bool = True,
-    ) -> torch.Tensor:
-        """Token embeddings with every image/video placeholder replaced by its vision vector.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
+        """Token embeddings with every image/video placeholder replaced by its vision vector,
+        plus the visual positions (B, L) and the DeepStack features (one (V, D) per layer).
 
         ``strict``: placeholders without pixel values are an error (a forgotten image);
         off while decoding, where a sampled token may happen to be a placeholder id.
@@ -135,6 +79,7 @@ class Qwen2VL(nn.Module):
             ("image", pixel_values, image_grid_thw, self.config.image_token_id),
             ("video", pixel_values_videos, video_grid_thw, self.config.video_token_id),
         )
+        visual_mask, stacked = None, None
         for kind, pixels, grid, token_id in media:
             slots = input_ids == token_id
             if pixels is None:
@@ -143,14 +88,21 @@ class Qwen2VL(nn.Module):
                 continue
             if grid is None:
                 raise ValueError(f"{kind} pixel values need their {kind}_grid_thw")
-            features = self.visual(pixels.to(self.visual.patch_embed.proj.weight.dtype), grid.to(pixels.device))
+            features, deepstack = self.visual(pixels.to(self.visual.patch_embed.proj.weight.dtype), grid)
             if int(slots.sum()) != features.shape[0]:
                 raise ValueError(
                     f"{int(slots.sum())} {kind} placeholder tokens in input_ids but the {kind}s "
                     f"give {features.shape[0]} vision tokens"
                 )
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
-        return embeds
+            where = slots.unsqueeze(-1)
+            embeds = embeds.masked_scatter(where, features.to(embeds.dtype))
+            if deepstack:  # scatter into the sequence so images and videos interleave in prompt order
+                layers = [torch.zeros_like(embeds).masked_scatter(where, d.to(embeds.dtype)) for d in deepstack]
+                stacked = layers if stacked is None else [a + b for a, b in zip(stacked, layers)]
+                visual_mask = slots if visual_mask is None else visual_mask | slots
+        if stacked is None:
+            return embeds, None, None
+        return embeds, visual_mask, [layer[visual_mask] for layer in stacked]
 
     def forward(
         self,
@@ -163,7 +115,7 @@ class Qwen2VL(nn.Module):
         second_per_grid_ts: torch.Tensor | list[float] | None = None,
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         rope_deltas: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         cu_seqlens: torch.Tensor | None = None,
@@ -172,9 +124,9 @@ class Qwen2VL(nn.Module):
 
         Positions: ``position_ids`` (3, B, L) or (B, L) if given; otherwise, after a
         cached prefix, ``cache.length + i + rope_deltas``; otherwise from ``vlutils.rope``.
-        ``attention_mask`` (B, past + L) marks real tokens with 1 (left padding).
+        ``attention_mask`` (B, past + L) marks real tokens with 1 (left padding for
+        generation; right padding works for training: label the padding -100).
         ``labels`` equal to -100 are ignored; labels are shifted inside, as in transformers.
-        Right padding (training batches) works too: padding is masked, label it -100.
 
         Packed rows: ``input_ids`` (1, L) holding several samples back to back and
         ``cu_seqlens`` (int, ``[0, L1, L1+L2, ..., L]``).  Attention is block-diagonal,
@@ -185,14 +137,14 @@ class Qwen2VL(nn.Module):
         past = cache.length if cache is not None else 0
         if cu_seqlens is not None:
             if cache is not None:
-                raise ValueError("cu_seqlens (packed rows) cannot be combined with a KV cache")
+                raise ValueError("cu_seqlens (packed rows) cannot be combined with a cache")
             if attention_mask is not None and not bool(attention_mask.all()):
                 raise ValueError("a packed row (cu_seqlens) has no padding; drop attention_mask or make it all ones")
-            cu_seqlens = check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1])
+            cu_seqlens = check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1]).to(input_ids.device)
             attention_mask = None
             if position_ids is None:
-                position_ids = self.packed_rope_index(
-                    input_ids, cu_seqlens, image_grid_thw, video_grid_thw, second_per_grid_ts
+                position_ids = packed_rope_index(
+                    self.config, input_ids, cu_seqlens, image_grid_thw, video_grid_thw, second_per_grid_ts
                 )
         if labels is not None and logits_to_keep:
             raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep")
@@ -208,37 +160,36 @@ class Qwen2VL(nn.Module):
                 )
         elif position_ids.ndim == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
-        embeds = self.embed(
+        embeds, visual_mask, deepstack = self.embed(
             input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, strict=past == 0
         )
-        hidden = self.model(embeds, position_ids.to(embeds.device), attention_mask, cache, cu_seqlens)
+        hidden = self.model(embeds, position_ids.to(embeds.device), attention_mask, cache, cu_seqlens,
+                            visual_mask, deepstack)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            # Token i predicts token i + 1; float32 cross-entropy over the kept labels.
-            targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)
-            if cu_seqlens is not None:  # a sample's last token has no target (not the next sample's first)
-                targets = targets.clone()
-                targets[:, cu_seqlens[1:].to(logits.device) - 1] = -100
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens)
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(self.config.text, batch, max_len, self.dtype, self.device)
+    def new_cache(self, batch: int, max_len: int) -> Cache:
+        """A decoding cache for ``batch`` rows of up to ``max_len`` tokens (one state per layer)."""
+        return self.model.new_cache(batch, max_len, self.dtype, self.device)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         """See :func:`vlmodel.generate.generate`."""
-        from .generate import generate
-
         return generate(self, input_ids, **kwargs)
 
 
-def _rows(x) -> list:
-    """Rows of a grid tensor / entries of a list, or [] for None."""
-    if x is None:
-        return []
-    if isinstance(x, torch.Tensor):
-        return list(x.unbind(0))
-    return [torch.as_tensor(v) for v in x]
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean float32 cross-entropy of token i predicting label i + 1 (-100 ignored).
+
+    In a packed row a sample's last token has no target (not the next sample's first).
+    """
+    targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)
+    if cu_seqlens is not None:
+        targets = targets.clone()
+        targets[:, cu_seqlens[1:].to(logits.device) - 1] = -100
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+Qwen2VL = VLModel  # the name of the first version

@@ -1,23 +1,25 @@
-"""The vision tower: a ViT over 14x14 (x2 frames) patches, merged 2x2 into text tokens.
+"""The vision tower: a ViT over patches, merged ``merge x merge`` into text-width tokens.
 
-Input is what the processor produces: ``pixel_values`` (N, C*T*P*P), one row per
-patch, and ``grid_thw`` (num_media, 3) giving each image/video's (t, h, w) in patches.
-The processor already orders the patches of every frame in *merge-block order*: the
-four patches that the PatchMerger later fuses into one text token are consecutive.
+Input is what the processor produces: ``pixel_values`` (N, C*T*P*P), one row per patch
+in merge-block order, and ``grid_thw`` (num_media, 3) giving each image/video's (t, h, w)
+in patches.
 
-Steps:
-1. patch embedding: a Conv3d whose kernel equals its stride, i.e. one matrix product
-   per flattened patch;
-2. 2-D rotary positions: each patch rotates half of every head's channels by its row
-   and half by its column (positions listed in the same merge-block order);
-3. ``depth`` pre-norm blocks; attention never crosses an image or a video frame
-   (segments given by ``cu_seqlens``).  Qwen2.5-VL additionally restricts most blocks
-   to windows of ``window_size`` pixels: patches are permuted so each window is
-   contiguous, and only ``fullatt_block_indexes`` blocks see the whole frame;
-4. PatchMerger: norm, concatenate each 2x2 group, 2-layer MLP to the text width.
+Steps (each optional step is a config field, see :class:`~vlmodel.config.VisionConfig`):
 
-Qwen2-VL uses LayerNorm and a GELU MLP (fc1/fc2); Qwen2.5-VL uses RMSNorm and a SwiGLU
-MLP with biases.  Module names mirror the checkpoints (``visual.blocks.N.attn.qkv``...).
+1. patch embedding: a Conv3d whose kernel equals its stride, i.e. one matrix product per
+   flattened patch (``patch_bias``: Qwen3 has a bias);
+2. learned position embeddings (``num_position_embeddings``, Qwen3): a square table
+   bilinearly resampled to each grid and added;
+3. 2-D rotary positions: each patch rotates half of every head's channels by its row and
+   half by its column;
+4. ``depth`` pre-norm blocks; attention never crosses an image or a video frame.
+   ``window_size`` (Qwen2.5-VL): most blocks see only windows; patches are permuted so
+   each window is contiguous and ``fullatt_block_indexes`` blocks see the whole frame;
+5. the merger: norm, concatenate each merge group, 2-layer GELU MLP to the text width.
+   DeepStack (``deepstack_visual_indexes``, Qwen3-VL): after those blocks, extra mergers
+   (norm over the concatenated group) produce features the decoder adds to its first layers.
+
+Norms are LayerNorm or RMSNorm (``norm``); the block MLP is plain (fc1/fc2) or SwiGLU (``mlp``).
 """
 
 from __future__ import annotations
@@ -27,33 +29,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
-from .text import MLP, RMSNorm, activation, rotate_half
+from .layers import MLP, PlainMLP, RMSNorm
+from .rotary import rotate_half, vision_freqs
+from .vision_grid import frame_boundaries, patch_positions, position_table_taps, window_order
+
+
+def _norm(kind: str, dim: int) -> nn.Module:
+    return nn.LayerNorm(dim, eps=1e-6) if kind == "layernorm" else RMSNorm(dim, eps=1e-6)
 
 
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         k = (cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
-        self.proj = nn.Conv3d(cfg.in_channels, cfg.width, kernel_size=k, stride=k, bias=False)
+        self.proj = nn.Conv3d(cfg.in_channels, cfg.width, kernel_size=k, stride=k, bias=cfg.patch_bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         # kernel == stride == one patch, so the convolution is a single matmul on the
         # flattened (C, T, P, P) patch; much faster than Conv3d on CPU.
         w = self.proj.weight
-        return F.linear(patches.to(w.dtype), w.reshape(w.shape[0], -1))
-
-
-class VisionMLP(nn.Module):
-    """Qwen2-VL's plain MLP: fc2(act(fc1(x)))."""
-
-    def __init__(self, dim: int, hidden: int, act: str):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.act = activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return F.linear(patches.to(w.dtype), w.reshape(w.shape[0], -1), self.proj.bias)
 
 
 class VisionAttention(nn.Module):
@@ -79,15 +74,13 @@ class VisionAttention(nn.Module):
 class VisionBlock(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        if cfg.family == "qwen2_vl":
-            self.norm1 = nn.LayerNorm(cfg.width, eps=1e-6)
-            self.norm2 = nn.LayerNorm(cfg.width, eps=1e-6)
-            self.mlp = VisionMLP(cfg.width, cfg.mlp_dim, cfg.hidden_act)
-        else:
-            self.norm1 = RMSNorm(cfg.width, eps=1e-6)
-            self.norm2 = RMSNorm(cfg.width, eps=1e-6)
-            self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.hidden_act, bias=True)
+        self.norm1 = _norm(cfg.norm, cfg.width)
+        self.norm2 = _norm(cfg.norm, cfg.width)
         self.attn = VisionAttention(cfg)
+        if cfg.mlp == "gated":
+            self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.hidden_act, bias=True)
+        else:
+            self.mlp = PlainMLP(cfg.width, cfg.mlp_dim, cfg.hidden_act)
 
     def forward(self, x, cos, sin, cu_seqlens):
         x = x + self.attn(self.norm1(x), cos, sin, cu_seqlens)
@@ -95,62 +88,22 @@ class VisionBlock(nn.Module):
 
 
 class PatchMerger(nn.Module):
-    """Norm each patch, concatenate each group of merge**2 patches, MLP to the text width."""
+    """Norm, concatenate each group of merge**2 patches, GELU MLP to the text width.
 
-    def __init__(self, cfg: VisionConfig):
+    ``postshuffle``: the norm runs over the concatenated group (DeepStack mergers).
+    """
+
+    def __init__(self, cfg: VisionConfig, postshuffle: bool = False):
         super().__init__()
         self.group_dim = cfg.width * cfg.spatial_merge_size**2
-        norm = nn.LayerNorm(cfg.width, eps=1e-6) if cfg.family == "qwen2_vl" else RMSNorm(cfg.width, eps=1e-6)
-        self.ln_q = norm
-        self.mlp = nn.Sequential(
-            nn.Linear(self.group_dim, self.group_dim), nn.GELU(), nn.Linear(self.group_dim, cfg.out_dim)
-        )
+        self.postshuffle = postshuffle
+        self.norm = _norm(cfg.norm, self.group_dim if postshuffle else cfg.width)
+        self.linear_fc1 = nn.Linear(self.group_dim, self.group_dim)
+        self.linear_fc2 = nn.Linear(self.group_dim, cfg.out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.ln_q(x).view(-1, self.group_dim))
-
-
-def patch_positions(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
-    """(row, col) of every patch, (N, 2), listed in the processor's merge-block order.
-
-    Within a frame the processor emits patches block by block: for each block row, for
-    each block column, the ``merge x merge`` patches of that block row-major.  Frames
-    repeat the same layout.
-    """
-    out = []
-    for t, h, w in grid_thw.tolist():
-        rows = torch.arange(h).view(h // merge, merge, 1, 1).expand(-1, -1, w // merge, merge)
-        cols = torch.arange(w).view(1, 1, w // merge, merge).expand(h // merge, merge, -1, -1)
-        # (block_row, row_in_block, block_col, col_in_block) -> block order
-        rows, cols = (a.permute(0, 2, 1, 3).flatten() for a in (rows, cols))
-        out.append(torch.stack([rows, cols], dim=-1).repeat(t, 1))
-    return torch.cat(out)
-
-
-def window_order(grid_thw: torch.Tensor, cfg: VisionConfig) -> tuple[torch.Tensor, list[int]]:
-    """Qwen2.5-VL windowing: (order of merged tokens so windows are contiguous, cu_seqlens in patches).
-
-    Each frame's grid of merged tokens (h/2 x w/2) is tiled with windows of
-    ``window_size / patch_size / merge`` tokens a side (edge windows are smaller),
-    windows listed row-major and tokens row-major inside each window.
-    """
-    merge, unit = cfg.spatial_merge_size, cfg.spatial_merge_size**2
-    win = cfg.window_size // merge // cfg.patch_size
-    order, cu, offset = [], [0], 0
-    for t, h, w in grid_thw.tolist():
-        gh, gw = h // merge, w // merge
-        idx = torch.arange(t * gh * gw).view(t, gh, gw)
-        ph, pw = -gh % win, -gw % win
-        idx = F.pad(idx, (0, pw, 0, ph), value=-1)
-        nh, nw = (gh + ph) // win, (gw + pw) // win
-        idx = idx.view(t, nh, win, nw, win).permute(0, 1, 3, 2, 4).reshape(t * nh * nw, win * win)
-        for window in idx:
-            window = window[window >= 0]
-            if len(window):
-                order.append(window + offset)
-                cu.append(cu[-1] + len(window) * unit)
-        offset += t * gh * gw
-    return torch.cat(order), cu
+        x = self.norm(x.view(-1, self.group_dim)) if self.postshuffle else self.norm(x).view(-1, self.group_dim)
+        return self.linear_fc2(F.gelu(self.linear_fc1(x)))
 
 
 class VisionTransformer(nn.Module):
@@ -158,43 +111,51 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg)
+        if cfg.num_position_embeddings:
+            self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.width)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg)
+        if cfg.deepstack_visual_indexes:
+            self.deepstack_merger_list = nn.ModuleList(
+                PatchMerger(cfg, postshuffle=True) for _ in cfg.deepstack_visual_indexes
+            )
 
-    def rotary_freqs(self, grid_thw: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Rotary angles (N, head_dim/2): the first half of the frequencies by row, the second by column."""
-        quarter = self.cfg.head_dim // 4
-        inv_freq = 1.0 / (10000.0 ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter))
-        pos = patch_positions(grid_thw, self.cfg.spatial_merge_size).to(device)
-        freqs = (pos[:, :, None].float() * inv_freq).flatten(1)  # (N, 2*quarter): rows then cols
-        return freqs
-
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """pixel_values (N, patch_dim), grid_thw (M, 3) -> one text-width vector per merged token."""
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """pixel_values (N, patch_dim), grid_thw (M, 3) -> (one text-width vector per merged
+        token, the DeepStack features: one such tensor per ``deepstack_visual_indexes`` entry)."""
         cfg, unit = self.cfg, self.cfg.spatial_merge_size**2
         if pixel_values.ndim != 2 or pixel_values.shape[1] != cfg.patch_dim:
             raise ValueError(f"pixel values must be (num_patches, {cfg.patch_dim}), got {tuple(pixel_values.shape)}")
         expected = int(grid_thw.prod(-1).sum())
         if pixel_values.shape[0] != expected:
             raise ValueError(f"{pixel_values.shape[0]} patches but grid_thw {grid_thw.tolist()} implies {expected}")
+        grid_thw = grid_thw.cpu()
         x = self.patch_embed(pixel_values)
-        freqs = self.rotary_freqs(grid_thw, x.device)
-        frame_sizes = (grid_thw[:, 1] * grid_thw[:, 2]).repeat_interleave(grid_thw[:, 0])
-        cu_frames = [0] + torch.cumsum(frame_sizes, 0).tolist()
+        if cfg.num_position_embeddings:
+            side = int(cfg.num_position_embeddings**0.5)
+            index, weight = position_table_taps(grid_thw, side, cfg.spatial_merge_size)
+            table = self.pos_embed(index.to(x.device))  # (N, 4, width)
+            x = x + (table * weight.to(x.device, table.dtype)[:, :, None]).sum(1).to(x.dtype)
+        freqs = vision_freqs(patch_positions(grid_thw, cfg.spatial_merge_size).to(x.device), cfg.head_dim, cfg.rope_theta)
+        cu_frames = frame_boundaries(grid_thw)
         order = None
         if cfg.window_size:
             # Permute groups of `unit` patches (one merged token each) so windows are contiguous.
-            order, cu_windows = window_order(grid_thw, cfg)
+            order, cu_windows = window_order(grid_thw, cfg.window_size, cfg.patch_size, cfg.spatial_merge_size)
             order = order.to(x.device)
             n = x.shape[0]
             x = x.view(n // unit, unit, -1)[order].reshape(n, -1)
             freqs = freqs.view(n // unit, unit, -1)[order].reshape(n, -1)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # broadcast over heads
         cos, sin = emb.cos(), emb.sin()
+        deepstack = []
         for i, block in enumerate(self.blocks):
             full = not cfg.window_size or i in cfg.fullatt_block_indexes
             x = block(x, cos, sin, cu_frames if full else cu_windows)
+            if i in cfg.deepstack_visual_indexes:
+                deepstack.append(self.deepstack_merger_list[cfg.deepstack_visual_indexes.index(i)](x))
         x = self.merger(x)
         if order is not None:
-            x = x[torch.argsort(order)]  # back to the processor's (and the text's) order
-        return x
+            back = torch.argsort(order)  # to the processor's (and the text's) order
+            x, deepstack = x[back], [d[back] for d in deepstack]
+        return x, deepstack

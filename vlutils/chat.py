@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35
 from .errors import InvalidMessageError, InvalidOptionError
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "expand_placeholders",
     "qwen3_timestamps",
     "format_chat_with_spans",
+    "TIMESTAMPED_VIDEO_MODEL_TYPES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 _IMAGE_BLOCK = VISION_START + IMAGE_PAD + VISION_END
 _VIDEO_BLOCK = VISION_START + VIDEO_PAD + VISION_END
 _DEFAULT = object()
+# Families whose videos are one timestamped vision block per temporal patch, and no default system prompt.
+TIMESTAMPED_VIDEO_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 def format_chat(
@@ -53,16 +57,27 @@ def format_chat(
     add_generation_prompt: bool = True,
     system_prompt: str | None | object = _DEFAULT,
     add_vision_id: bool = False,
+    enable_thinking: bool = True,
 ) -> str:
     """One conversation as ChatML text with one vision block per image / video item.
 
     ``system_prompt`` is added when the first message is not a system message; it defaults
-    to "You are a helpful assistant." for Qwen2-VL / Qwen2.5-VL and to none for Qwen3-VL.
-    Content may be a string or a list of items (``{"type": "text", "text": ...}``,
-    ``{"image": ...}``, ``{"image_url": ...}``, ``{"video": ...}``, ...).
+    to "You are a helpful assistant." for Qwen2-VL / Qwen2.5-VL and to none for Qwen3-VL and
+    Qwen3.5. Content may be a string or a list of items (``{"type": "text", "text": ...}``,
+    ``{"image": ...}``, ``{"image_url": ...}``, ``{"video": ...}``, ...). Qwen3.5 / Qwen3.5-MoE
+    follow their own template (:mod:`vlutils.chat_qwen35`; ``enable_thinking`` only applies there).
     """
+    if model_type in QWEN35_MODEL_TYPES:
+        if isinstance(system_prompt, str) and messages and isinstance(messages, (list, tuple)) and (
+            not isinstance(messages[0], dict) or messages[0].get("role") != "system"
+        ):
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        return format_qwen35(
+            messages, add_generation_prompt=add_generation_prompt, add_vision_id=add_vision_id,
+            enable_thinking=enable_thinking,
+        )
     if system_prompt is _DEFAULT:
-        system_prompt = None if model_type == "qwen3_vl" else DEFAULT_SYSTEM_PROMPT
+        system_prompt = None if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES else DEFAULT_SYSTEM_PROMPT
     if not isinstance(messages, (list, tuple)):
         raise InvalidMessageError(f"messages must be a list of dicts, got {type(messages).__name__}")
     parts: list[str] = []
@@ -105,7 +120,7 @@ def format_chat_with_spans(messages: Sequence[dict], **options: Any) -> tuple[st
     options["add_generation_prompt"] = False
     text = format_chat(messages, **options)
     spans: list[tuple[int, int, int]] = []
-    end = len(format_chat(messages[:0], **options))
+    end = 0
     for m, message in enumerate(messages):
         prefix = format_chat(messages[: m + 1], **options)
         if not text.startswith(prefix):  # a later message changed how earlier ones render
@@ -200,7 +215,7 @@ def expand_placeholders(
                 raise InvalidOptionError(
                     f"the text has more {kind} placeholders than {kind}s ({len(available)} given)"
                 )
-            if kind == "video" and model_type == "qwen3_vl":
+            if kind == "video" and model_type in TIMESTAMPED_VIDEO_MODEL_TYPES:
                 pieces.append(_qwen3_video(video_grids[index], merge_size, video_timestamps, index))
             else:  # the piece holds exactly one pad (maybe inside its vision block)
                 pad = IMAGE_PAD if kind == "image" else VIDEO_PAD

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .chat import _DEFAULT, expand_placeholders, format_chat, qwen3_timestamps
+from .chat import _DEFAULT, TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat, qwen3_timestamps
 from .errors import InvalidMessageError, InvalidOptionError
 from .processor import get_preset, patchify
 from .rope import get_rope_index
@@ -24,7 +24,7 @@ __all__ = ["build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids", "
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 QWEN3_DEFAULT_FPS = 24.0  # what transformers assumes when a Qwen3-VL video has no fps
 
 
@@ -42,6 +42,7 @@ def build_inputs(
     padding_side: str = "left",
     pad_token_id: int | None = None,
     tokens_per_second: int | float = 2,
+    enable_thinking: bool = True,
     **preset_overrides: Any,
 ) -> dict[str, torch.Tensor | None]:
     """Model inputs for one conversation or a batch of them.
@@ -72,7 +73,7 @@ def build_inputs(
     texts = [
         format_chat(
             conv, model_type=model_type, add_generation_prompt=add_generation_prompt,
-            system_prompt=system_prompt, add_vision_id=add_vision_id,
+            system_prompt=system_prompt, add_vision_id=add_vision_id, enable_thinking=enable_thinking,
         )
         for conv in conversations
     ]
@@ -81,7 +82,7 @@ def build_inputs(
 
     given_fps = (video_kwargs or {}).get("fps")
     timestamps = None
-    if model_type == "qwen3_vl" and video_grid is not None:
+    if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES and video_grid is not None:
         timestamps = [
             _video_timestamps(meta, len(video), preset.merge_size, i, _nth(given_fps, i))
             for i, (meta, video) in enumerate(zip(metadata, frames))
@@ -172,7 +173,7 @@ def _fetch_media(conversations: list, model_type: str, patch_size: int):
     from .vision_process import process_vision_info
 
     images, videos, video_kwargs = process_vision_info(
-        conversations, return_video_kwargs=True, return_video_metadata=model_type == "qwen3_vl",
+        conversations, return_video_kwargs=True, return_video_metadata=model_type in TIMESTAMPED_VIDEO_MODEL_TYPES,
         image_patch_size=patch_size,
     )
     return images, videos, video_kwargs

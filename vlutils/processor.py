@@ -56,6 +56,8 @@ PRESETS: dict[str, VisionPreset] = {
     "qwen2_5_vl": VisionPreset(patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD),
     "qwen3_vl": VisionPreset(patch_size=16, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)),
 }
+# Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE ship Qwen3-VL's preprocessing (patch 16, mean = std = 0.5).
+PRESETS.update({name: PRESETS["qwen3_vl"] for name in ("qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")})
 
 
 def get_preset(model_type: str | VisionPreset = "qwen2_vl", **overrides: Any) -> VisionPreset:

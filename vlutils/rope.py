@@ -1,4 +1,5 @@
-"""M-RoPE position ids for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, without a per-token Python loop.
+"""M-RoPE position ids for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 (and their MoE variants),
+without a per-token Python loop.
 
 The semantics are the ones the checkpoints were trained with, i.e. transformers
 4.45-4.51 ``get_rope_index`` for Qwen2-VL / Qwen2.5-VL and 4.57 for Qwen3-VL:
@@ -12,7 +13,8 @@ The semantics are the ones the checkpoints were trained with, i.e. transformers
 * ``D`` is 1, except for Qwen2.5-VL, where images use 0 and videos use
   ``second_per_grid_ts[v] * tokens_per_second`` computed in float32 (0.5 stays 0.5);
 * Qwen3-VL encodes time with text timestamps, so each video is split into per-frame
-  blocks with ``t = 1``;
+  blocks with ``t = 1``; Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE do the same (Qwen3.5 exists
+  only in transformers 5.x, whose ids equal these except padding and deltas: see the README);
 * padding (``attention_mask == 0``) gets id 1; ``deltas = max id + 1 - padded length``.
 
 How it is vectorized: a text token's id is its index among the row's valid tokens plus a
@@ -36,7 +38,9 @@ from .errors import InvalidOptionError
 
 __all__ = ["MODEL_TYPES", "get_rope_index", "decode_position_ids"]
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+# Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE place vision tokens exactly as Qwen3-VL does.
+_SAME_POSITIONS_AS = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5": "qwen3_vl", "qwen3_5_moe": "qwen3_vl"}
 
 
 def get_rope_index(
@@ -65,6 +69,7 @@ def get_rope_index(
     """
     if model_type not in MODEL_TYPES:
         raise InvalidOptionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    model_type = _SAME_POSITIONS_AS.get(model_type, model_type)
     if not isinstance(spatial_merge_size, int) or isinstance(spatial_merge_size, bool) or spatial_merge_size < 1:
         raise InvalidOptionError(f"spatial_merge_size must be a positive int, got {spatial_merge_size!r}")
     ids = _as_ids(input_ids)

@@ -101,17 +101,31 @@ class ConversationDataset(Dataset):
                 raise
             return self._skip(index, record, exc)
 
-    def sizes(self) -> list[tuple[int, int] | None]:
+    def sizes(self, num_workers: int = 0) -> list[tuple[int, int] | None]:
         """``(num_tokens, num_patches)`` per index: from the records when they carry both,
-        else by building the sample (None for a dropped or skipped one)."""
-        out: list[tuple[int, int] | None] = []
+        else by building the sample (in ``num_workers`` DataLoader workers when > 0); None for
+        a dropped or skipped sample (skips are recorded as in ``__getitem__``)."""
+        out: list[tuple[int, int] | None] = [None] * len(self)
+        todo = []
         for index in range(len(self)):
             record = self.record(index)
             if isinstance(record, dict) and "num_tokens" in record and "num_patches" in record:
-                out.append((int(record["num_tokens"]), int(record["num_patches"])))
+                out[index] = (int(record["num_tokens"]), int(record["num_patches"]))
+            else:
+                todo.append(index)
+        if num_workers > 0 and todo:
+            from torch.utils.data import DataLoader, Subset
+
+            loader = DataLoader(Subset(self, todo), batch_size=None, num_workers=num_workers, collate_fn=_size_of)
+            results = list(loader)
+        else:
+            results = [_size_of(self[index]) for index in todo]
+        for index, result in zip(todo, results):
+            if isinstance(result, Skipped):
+                if num_workers > 0:
+                    self.skipped.append(result)  # recorded in a worker: keep it here too
                 continue
-            sample = self[index]
-            out.append(None if not isinstance(sample, dict) else (sample["num_tokens"], sample["num_patches"]))
+            out[index] = result
         return out
 
     def _name(self, index: int, sample_id: Any) -> str:
@@ -131,6 +145,13 @@ class ConversationDataset(Dataset):
             finally:
                 os.close(fd)
         return skipped
+
+
+def _size_of(sample: Any) -> tuple[int, int] | Skipped | None:
+    """What sizes() keeps of a built sample (module level: picklable for spawn workers)."""
+    if isinstance(sample, dict):
+        return (sample["num_tokens"], sample["num_patches"])
+    return sample
 
 
 def read_skip_log(path: str | os.PathLike) -> list[Skipped]:

@@ -3,9 +3,10 @@ decoder's sequence) and ``max_patches`` vision patches (the vision encoder's seq
 
 First-fit decreasing and best-fit decreasing are run on two orders (items sorted by their
 larger share of a budget, and by the sum of their shares, largest first); the packing with the
-fewest bins is kept, stopping early when one reaches the lower bound.
-Each places an item with one vectorized scan over the open bins, so 100k samples take
-seconds. The result is deterministic: it depends only on ``sizes`` and the budgets.
+fewest bins is kept, stopping early when one reaches the lower bound. Up to 500 samples, 8
+more runs on jittered orders (a fixed seed) often save a bin where one bin is a large share.
+Each places an item with one vectorized scan over the open bins (20,000 samples: about 1.5 s
+per run on one core). The result is deterministic: it depends only on ``sizes`` and the budgets.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from ..errors import InvalidOptionError, SampleTooLongError
 __all__ = ["pack", "Bins", "lower_bound"]
 
 logger = logging.getLogger(__name__)
+
+RESTARTS = 8  # extra runs on jittered orders (deterministic seed) for sets up to RESTART_LIMIT samples
+RESTART_LIMIT = 500
 
 
 class Bins(list):
@@ -82,6 +86,10 @@ def pack(
         "max": np.lexsort((index, -share.min(1), -share.max(1))),
         "sum": np.lexsort((index, -share.max(1), -share.sum(1))),
     }
+    if method == "best" and len(arr) <= RESTART_LIMIT:  # jittered orders: often one bin fewer on small sets
+        rng = np.random.default_rng(0)
+        for k in range(RESTARTS):
+            orders[f"jitter{k}"] = np.lexsort((index, -share.max(1) * rng.uniform(0.85, 1.15, len(arr))))
     best = None
     for key, order in orders.items():
         for name in ("ffd", "bfd"):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..chat import expand_placeholders, format_chat_with_spans, item_kind
+from ..chat import TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat_with_spans, item_kind
 from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
 from ..inputs import MODEL_TYPES, _fetch_media, _split_video_metadata, _video_timestamps, build_inputs
 from ..processor import get_preset
@@ -28,6 +28,7 @@ __all__ = ["build_sample", "TRUNCATION_MODES"]
 logger = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("error", "drop", "shrink")
+TRAIN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # ChatML formats with known reply spans
 _CHAT_OPTIONS = ("system_prompt", "add_vision_id")
 _REFUSED = ("add_generation_prompt", "padding_side")
 
@@ -90,7 +91,8 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
     train_on = options.pop("train_on", "all")
     _check_options(model_type, truncation, train_on, max_length, options, name)
     chat_options = {k: options[k] for k in _CHAT_OPTIONS if k in options}
-    preset = get_preset(model_type, **{k: v for k, v in options.items() if k not in ("tokens_per_second", "pad_token_id", *_CHAT_OPTIONS)})
+    not_preset = ("tokens_per_second", "pad_token_id", *_CHAT_OPTIONS)
+    preset = get_preset(model_type, **{k: v for k, v in options.items() if k not in not_preset})
 
     text, spans = format_chat_with_spans(messages, model_type=model_type, **chat_options)
     if not spans:
@@ -148,7 +150,7 @@ def _tokenize(text: str, spans: list, shapes: tuple, metadata: list, tokenizer: 
     pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
     image_grid, video_grid = (_grids(s, preset) for s in shapes)
     timestamps = None
-    if model_type == "qwen3_vl" and video_grid is not None:
+    if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES and video_grid is not None:
         timestamps = [_video_timestamps(meta, n, preset.merge_size, i)
                       for i, ((n, _, _), meta) in enumerate(zip(shapes[1], metadata))]
     pieces = expand_placeholders(pieces, image_grid, video_grid, merge_size=preset.merge_size,
@@ -210,8 +212,11 @@ def _name(sample_id: Any, messages: Any) -> str:
 
 
 def _check_options(model_type, truncation, train_on, max_length, options, name) -> None:
-    if model_type not in MODEL_TYPES:
-        raise InvalidOptionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}", position=name)
+    if model_type not in TRAIN_MODEL_TYPES:
+        extra = (" (Qwen3.5's template renders a turn differently once later turns follow, so reply spans "
+                 "need that formatter's own support: not done yet)") if model_type in MODEL_TYPES else ""
+        raise InvalidOptionError(f"model_type must be one of {TRAIN_MODEL_TYPES}, got {model_type!r}{extra}",
+                                 position=name)
     if truncation not in TRUNCATION_MODES:
         raise InvalidOptionError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}", position=name)
     if train_on not in ("all", "last"):
