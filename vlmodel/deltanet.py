@@ -75,14 +75,14 @@ def recurrent_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None):
     q, k, v32, g, beta = _prepare(q, k, v, g, beta, v.shape[2])
     b, h, n, dk = k.shape
     s = state.to(k.dtype) if state is not None else k.new_zeros(b, h, dk, v32.shape[-1])
-    outs = []
+    decay = g.exp()[..., None, None]  # (b, h, n, 1, 1)
+    k_row, q_row = k.unsqueeze(-2), q.unsqueeze(-2)  # (b, h, n, 1, dk): row vectors for matmuls
+    out = torch.empty_like(v32)
     for t in range(n):
-        s = s * g[:, :, t, None, None].exp()
-        predicted = torch.einsum("bhkv,bhk->bhv", s, k[:, :, t])
-        delta = (v32[:, :, t] - predicted) * beta[:, :, t, None]
-        s = s + k[:, :, t, :, None] * delta[:, :, None, :]
-        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, t]))
-    out = torch.stack(outs, dim=2) if outs else v32.new_zeros(b, h, 0, v32.shape[-1])
+        s = s * decay[:, :, t]
+        delta = (v32[:, :, t] - (k_row[:, :, t] @ s).squeeze(-2)) * beta[:, :, t, None]  # what S^T k misses
+        s = s + k_row[:, :, t].transpose(-1, -2) @ delta.unsqueeze(-2)
+        out[:, :, t] = (q_row[:, :, t] @ s).squeeze(-2)
     return out.transpose(1, 2).to(v.dtype), s
 
 
@@ -248,7 +248,11 @@ class GatedDeltaNet(nn.Module):
         if state is not None:
             state.conv = full[:, :, full.shape[-1] - (self.kernel - 1) :]
         w = self.conv1d.weight
-        return F.silu(F.conv1d(full.to(w.dtype), w, groups=self.conv_dim)).to(x.dtype).transpose(1, 2)
+        if x.shape[-1] == 1:  # one decoding step: a weighted sum over the window (much cheaper than conv1d)
+            out = (full.to(w.dtype) * w[:, 0]).sum(-1, keepdim=True)
+        else:
+            out = F.conv1d(full.to(w.dtype), w, groups=self.conv_dim)
+        return F.silu(out).to(x.dtype).transpose(1, 2)
 
 
 def build_mixer(cfg: Any, layer: int) -> GatedDeltaNet:
