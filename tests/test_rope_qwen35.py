@@ -20,8 +20,8 @@ from _rope_cases import call_vlutils, random_cases
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
-    new = random_cases(31, "qwen3_5", 90) + random_cases(32, "qwen3_5_moe", 30) + random_cases(33, "qwen3_vl_moe", 30)
-    moe_457 = random_cases(34, "qwen3_vl_moe", 30)
+    new = random_cases(31, "qwen3_5", 70) + random_cases(32, "qwen3_5_moe", 25) + random_cases(33, "qwen3_vl_moe", 25)
+    moe_457 = random_cases(34, "qwen3_vl_moe", 20)
     out = reference_rope({"tf523": new, "venv": moe_457}, tmp_path_factory.mktemp("rope35"))
     assert out["tf523"][0] == "5.23.0" and out["venv"][0].startswith("4.57")
     return list(zip(new, out["tf523"][1])), list(zip(moe_457, out["venv"][1]))
@@ -54,7 +54,7 @@ def test_qwen3_5_matches_transformers_523(refs):
         seen["video"] += case["video_grid_thw"] is not None
         seen["padding"] += bool((~real).any())
         seen[case["model_type"]] = seen.get(case["model_type"], 0) + 1
-    assert seen.pop("multi_frame_image") >= 2 and all(n >= 20 for n in seen.values()), seen
+    assert seen.pop("multi_frame_image") >= 2 and all(n >= 15 for n in seen.values()), seen
 
 
 def test_qwen3_vl_moe_matches_original_457(refs):

@@ -194,3 +194,23 @@ def test_config_defaults_follow_transformers():
     assert text.mrope_section == [11, 11, 10] and text.partial_rotary_factor == 0.25 and text.rotary_dim == 4
     assert text.layer_types == ["linear_attention", "linear_attention", "full_attention"] * 2
     assert text.norm_zero_centered and text.attn_output_gate and text.mrope_interleaved
+
+
+def test_multi_token_prediction_weights_are_skipped(reference, tmp_path):
+    """Released Qwen3.5 files also hold an ``mtp.*`` head that the model does not use (transformers
+    skips it too); any other unknown tensor is still an error."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, _, dirs = reference
+    for extra, ok in (("mtp.layers.0.mlp.down_proj.weight", True), ("model.extra.weight", False)):
+        path = tmp_path / extra
+        shutil.copytree(dirs["q35-odd-tied"], path)
+        state = load_file(path / "model.safetensors")
+        save_file({**state, extra: torch.zeros(2, 2)}, path / "model.safetensors", metadata={"format": "pt"})
+        if ok:
+            assert vlmodel.from_pretrained(path).config.model_type == "qwen3_5"
+        else:
+            with pytest.raises(vlmodel.CheckpointError, match="model.extra.weight"):
+                vlmodel.from_pretrained(path)
