@@ -1,12 +1,16 @@
 """vlmodel vs transformers on the same random checkpoint: forward latency and greedy tokens/s.
 
-    .venv/bin/python bench/bench_model.py                  # CPU float32, tiny + ~100M, both families
+    .venv/bin/python bench/bench_model.py                  # CPU float32, tiny + ~100M, Qwen2-VL/2.5-VL
+    .venv/bin/python bench/bench_model.py --families qwen3_vl,qwen3_vl_moe
     .venv/bin/python bench/bench_model.py --sizes base --families qwen2_vl --device cuda --dtype bfloat16
 
 For each (family, size) a checkpoint with random weights is written with transformers'
-``save_pretrained`` and loaded by both libraries.  Timings alternate between the two
-models run after run (so background load hits both alike); the table reports the best
-run of each (the least disturbed by other processes), the JSON rows also the median.
+``save_pretrained`` and loaded by both libraries.  Qwen2-VL / Qwen2.5-VL run against the
+venv's transformers 4.57.6 in this process; the Qwen3 families against transformers 5.23 in
+a worker process (``bench/ref5_worker.py``, PYTHONPATH=.refs/tf523) that times itself.
+Timings alternate between the two models run after run (so background load hits both
+alike); the table reports the best run of each (the least disturbed by other processes),
+the JSON rows also the median.
 Memory comes from a child process per library that loads the model and runs one
 forward and one generation: peak RSS, and the peak minus the RSS right after importing
 the library (CPU); the peak CUDA allocation (GPU).
@@ -41,10 +45,50 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CLOCK = time.perf_counter
 
 
-def inputs(image_hw: int, device: str):
+REF5 = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")  # benchmarked against transformers 5.23
+WORKER = os.path.join(ROOT, "bench", "ref5_worker.py")
+
+
+def inputs(family: str, image_hw: int, device: str) -> dict:
+    """One square image between 12 and 20 text tokens (patch 14 for Qwen2, 16 for Qwen3)."""
+    if family in REF5:
+        from ref5_worker import IDS
+
+        side = image_hw // 16
+        grid = torch.tensor([[1, side, side]])
+        pv = torch.randn(side * side, 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(1)
+        ids = torch.cat([torch.randint(10, 390, (12,), generator=g), torch.tensor([IDS["vision_start_token_id"]]),
+                         torch.full((side * side // 4,), IDS["image_token_id"]), torch.tensor([IDS["vision_end_token_id"]]),
+                         torch.randint(10, 390, (20,), generator=g)])[None]
+        mm = (ids == IDS["image_token_id"]).long()
+        return {"input_ids": ids.to(device), "pixel_values": pv.to(device), "image_grid_thw": grid.to(device),
+                "mm_token_type_ids": mm.to(device)}
     pv, grid = images([(image_hw, image_hw)], seed=0)
     ids = prompt([12, ("image", tuple(int(x) for x in grid[0])), 20], seed=0)
-    return ids.to(device), pv.to(device), grid.to(device)
+    return {"input_ids": ids.to(device), "pixel_values": pv.to(device), "image_grid_thw": grid.to(device)}
+
+
+class Ref5:
+    """transformers 5.23 in a worker process, driven one command at a time."""
+
+    def __init__(self, path: str, args):
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".refs", "tf523"), TRANSFORMERS_VERBOSITY="error")
+        self.proc = subprocess.Popen(
+            [sys.executable, WORKER, "serve", path, os.path.join(path, "inputs.pt"), str(args.threads or 0), args.clock],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("transformers 5.23 worker died")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def load(engine: str, path: str, dtype: torch.dtype, device: str):
@@ -61,28 +105,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def forward_once(engine, model, ids, pv, grid, device) -> float:
+def forward_once(engine, model, inp, device) -> float:
+    if isinstance(model, Ref5):
+        return model.ask(cmd="forward")["seconds"]
     sync(device)
     t0 = CLOCK()
     with torch.inference_mode():
         if engine == "vlmodel":
-            model(ids, pixel_values=pv, image_grid_thw=grid)
+            model(inp["input_ids"], pixel_values=inp["pixel_values"], image_grid_thw=inp["image_grid_thw"])
         else:
-            model(input_ids=ids, pixel_values=pv, image_grid_thw=grid)
+            model(**inp)
     sync(device)
     return CLOCK() - t0
 
 
-def generate_once(engine, model, ids, pv, grid, new_tokens, device) -> tuple[float, list[int]]:
+def generate_once(engine, model, inp, new_tokens, device) -> tuple[float, list[int]]:
+    if isinstance(model, Ref5):
+        out = model.ask(cmd="generate", n=new_tokens)
+        return out["seconds"], out["tokens"]
+    ids = inp["input_ids"]
     sync(device)
     t0 = CLOCK()
     with torch.inference_mode():
         if engine == "vlmodel":
-            out = model.generate(ids, pixel_values=pv, image_grid_thw=grid, max_new_tokens=new_tokens,
-                                 stop_token_ids=[])
+            out = model.generate(ids, pixel_values=inp["pixel_values"], image_grid_thw=inp["image_grid_thw"],
+                                 max_new_tokens=new_tokens, stop_token_ids=[])
         else:
-            out = model.generate(input_ids=ids, pixel_values=pv, image_grid_thw=grid, do_sample=False,
-                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+            out = model.generate(**inp, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 pad_token_id=0)
             out = out[:, ids.shape[1]:]
     sync(device)
     return CLOCK() - t0, out[0].tolist()
@@ -99,16 +149,15 @@ def child(args) -> None:
     ``rss_mib``: peak resident memory of the process; ``added_mib``: that peak minus the
     RSS after importing the engine (the model, activations and caches)."""
     dtype, device = DTYPES[args.dtype], args.device
-    ids, pv, grid = torch.load(args.inputs)
+    inp = {k: v.to(device) for k, v in torch.load(args.inputs).items()}
     if args.child == "transformers":
         import transformers  # noqa: F401  (imports count in the baseline, for both libraries)
     else:
         import vlutils.rope  # noqa: F401  (vlmodel's position ids come from here)
     base = _status_mib("VmRSS")
     model = load(args.child, args.path, dtype, device)
-    ids, pv, grid = ids.to(device), pv.to(device), grid.to(device)
-    forward_once(args.child, model, ids, pv, grid, device)
-    generate_once(args.child, model, ids, pv, grid, args.new_tokens, device)
+    forward_once(args.child, model, inp, device)
+    generate_once(args.child, model, inp, args.new_tokens, device)
     if device.startswith("cuda"):
         out = {"added_mib": torch.cuda.max_memory_allocated() / 2**20}
     else:
@@ -118,6 +167,13 @@ def child(args) -> None:
 
 
 def peak_memory(engine: str, path: str, args) -> dict:
+    if engine == "transformers" and os.path.exists(os.path.join(path, "ref5")):
+        worker = Ref5(path, args)  # a fresh worker: load, one forward, one generation, then its peak
+        forward_once(engine, worker, None, args.device)
+        generate_once(engine, worker, None, args.new_tokens, args.device)
+        out = worker.ask(cmd="memory")
+        worker.close()
+        return out
     threads = ["--threads", str(args.threads)] if args.threads else []
     cmd = [sys.executable, __file__, *threads, "--child", engine, "--path", path, "--inputs", os.path.join(path, "inputs.pt"),
            "--dtype", args.dtype, "--device", args.device, "--new-tokens", str(args.new_tokens)]
@@ -130,30 +186,42 @@ def peak_memory(engine: str, path: str, args) -> dict:
 def bench_one(family: str, size: str, args) -> dict:
     dtype, device = DTYPES[args.dtype], args.device
     with tempfile.TemporaryDirectory() as path:
-        hf = hf_model(family, seed=0, size=size, init=0.02)
-        n_params = sum(p.numel() for p in hf.parameters())
-        hf.save_pretrained(path)
-        del hf
-        models = {e: load(e, path, dtype, device) for e in ("transformers", "vlmodel")}
-        ids, pv, grid = inputs(args.image, device)
-        torch.save((ids.cpu(), pv.cpu(), grid.cpu()), os.path.join(path, "inputs.pt"))
+        inp = inputs(family, args.image, device)
+        torch.save({k: v.cpu() for k, v in inp.items()}, os.path.join(path, "inputs.pt"))
+        if family in REF5:
+            env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".refs", "tf523"), TRANSFORMERS_VERBOSITY="error")
+            made = subprocess.run([sys.executable, WORKER, "create", family, size, path], env=env, capture_output=True,
+                                  text=True, check=True)
+            n_params = json.loads(made.stdout.strip().splitlines()[-1])["params"]
+            open(os.path.join(path, "ref5"), "w").close()
+            models = {"transformers": Ref5(path, args), "vlmodel": load("vlmodel", path, dtype, device)}
+        else:
+            hf = hf_model(family, seed=0, size=size, init=0.02)
+            n_params = sum(p.numel() for p in hf.parameters())
+            hf.save_pretrained(path)
+            del hf
+            models = {e: load(e, path, dtype, device) for e in ("transformers", "vlmodel")}
         fwd = {e: [] for e in models}
         gen = {e: [] for e in models}
         tokens = {}
         for e, m in models.items():  # warm-up
-            forward_once(e, m, ids, pv, grid, device)
-            generate_once(e, m, ids, pv, grid, 4, device)
+            forward_once(e, m, inp, device)
+            generate_once(e, m, inp, 4, device)
         for _ in range(args.repeats):
             for e, m in models.items():
-                fwd[e].append(forward_once(e, m, ids, pv, grid, device))
+                fwd[e].append(forward_once(e, m, inp, device))
         for _ in range(args.gen_repeats):
             for e, m in models.items():
-                seconds, tokens[e] = generate_once(e, m, ids, pv, grid, args.new_tokens, device)
+                seconds, tokens[e] = generate_once(e, m, inp, args.new_tokens, device)
                 gen[e].append(seconds)
+        if isinstance(models["transformers"], Ref5):
+            models["transformers"].close()
         del models
         peaks = {e: peak_memory(e, path, args) for e in ("transformers", "vlmodel")} if not args.no_memory else {}
+    ids, grid = inp["input_ids"], inp["image_grid_thw"]
     row = {
         "family": family, "size": size, "params_m": round(n_params / 1e6, 1),
+        "reference": "transformers 5.23" if family in REF5 else "transformers 4.57.6",
         "prompt_tokens": ids.shape[1], "visual_tokens": int(grid.prod(-1).sum()) // 4,
         "same_greedy_tokens": tokens["vlmodel"] == tokens["transformers"],
     }

@@ -186,6 +186,9 @@ def test_moe_block_equals_a_per_token_computation():
                                                        * (moe.shared_expert.up_proj.weight @ token))
         want.append(y + torch.sigmoid(moe.shared_expert_gate.weight @ token) * shared)
     assert torch.allclose(got.reshape(-1, 12), torch.stack(want), atol=1e-5, rtol=1e-4)
+    # two tokens x top-2 <= 5 experts: the gathered (decoding) path
+    few = moe(x[:, :1])
+    assert torch.allclose(few.reshape(-1, 12), torch.stack(want).view(2, 9, 12)[:, 0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])

@@ -34,7 +34,7 @@ from .attention import Attention, attention_mask_for
 from .config import ConfigError, TextConfig
 from .layers import MLP, RMSNorm
 from .moe import SparseMoE
-from .rotary import mrope_cos_sin
+from .rotary import mrope_cos_sin, rope_tables
 
 
 def _linear_attention(cfg: TextConfig, layer: int) -> nn.Module:
@@ -100,6 +100,7 @@ class TextModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_zero_centered)
+        self._rope: dict[torch.device, tuple] = {}  # rotary tables per device (not weights)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> Cache:
         return Cache([layer.mixer.new_state(batch, max_len, dtype, device) for layer in self.layers])
@@ -120,7 +121,9 @@ class TextModel(nn.Module):
         ``deepstack[i]`` (V, D) is added at the ``visual_mask`` (B, L) positions after layer i.
         """
         past = cache.length if cache is not None else 0
-        cos, sin = mrope_cos_sin(position_ids, self.cfg, embeds.dtype)
+        if position_ids.device not in self._rope:
+            self._rope[position_ids.device] = rope_tables(self.cfg, position_ids.device)
+        cos, sin = mrope_cos_sin(position_ids, self.cfg, embeds.dtype, self._rope[position_ids.device])
         mask, is_causal = attention_mask_for(attention_mask, embeds.shape[1], past, embeds.device, cu_seqlens)
         ctx = Context(cos, sin, mask, is_causal, past, attention_mask, cu_seqlens)
         x = embeds

@@ -10,7 +10,9 @@ Expert weights are fused as transformers 5.x holds them: ``experts.gate_up_proj`
 converts the other layouts found on the hub (``vlmodel.weights``).
 
 Computation: tokens are sorted by expert once; each expert used runs one matmul on its
-contiguous slice (no per-token loop, no one-hot over experts).
+contiguous slice (no per-token loop, no one-hot over experts).  When there are fewer
+(token, expert) pairs than experts (decoding), only the chosen experts' weights are
+gathered and applied in one batched matmul.
 """
 
 from __future__ import annotations
@@ -51,7 +53,14 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """x (N, D), routing (N, k) -> (N, D)."""
-        k = index.shape[1]
+        n, k = index.shape
+        if n * k <= self.gate_up_proj.shape[0]:
+            # Few (token, expert) pairs (decoding): gather just their weights, one batched matmul each.
+            flat = index.flatten()
+            rows = x.repeat_interleave(k, dim=0)[:, :, None]
+            gate, up = (self.gate_up_proj[flat] @ rows).squeeze(-1).chunk(2, dim=-1)
+            y = (self.down_proj[flat] @ (self.act(gate) * up)[:, :, None]).squeeze(-1)
+            return (y.view(n, k, -1) * weights[:, :, None]).sum(1)
         flat = index.flatten()
         order = flat.argsort(stable=True)
         counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()

@@ -38,14 +38,18 @@ def frequency_axes(cfg: TextConfig, device: torch.device | None = None) -> torch
     return axes
 
 
+def rope_tables(cfg: TextConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse frequencies, the axis of each frequency): fixed per model, cached by the decoder."""
+    half = cfg.rotary_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
+    return inv_freq, frequency_axes(cfg, device)
+
+
 def mrope_cos_sin(
-    position_ids: torch.Tensor, cfg: TextConfig, dtype: torch.dtype
+    position_ids: torch.Tensor, cfg: TextConfig, dtype: torch.dtype, tables: tuple | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (B, L, rotary_dim) for positions (3, B, L), computed in float32 then cast."""
-    half = cfg.rotary_dim // 2
-    device = position_ids.device
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
-    axes = frequency_axes(cfg, device)
+    inv_freq, axes = tables if tables is not None else rope_tables(cfg, position_ids.device)
     # pick, for every frequency, the position on its axis: (B, L, half)
     pos = position_ids.float().permute(1, 2, 0)[..., axes]
     freqs = pos * inv_freq
