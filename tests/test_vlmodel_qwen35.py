@@ -214,3 +214,39 @@ def test_multi_token_prediction_weights_are_skipped(reference, tmp_path):
         else:
             with pytest.raises(vlmodel.CheckpointError, match="model.extra.weight"):
                 vlmodel.from_pretrained(path)
+
+
+def test_cli_builds_qwen35_prompts_and_answers(reference, tmp_path):
+    """python -m vlmodel on a Qwen3.5 checkpoint: Qwen3.5's chat template (no system prompt, an open
+    thinking block), patch-16 image tokens, a streamed greedy answer."""
+    import re
+    import shutil
+
+    from PIL import Image
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from vlmodel.__main__ import messages_for, model_inputs
+
+    _, _, dirs = reference
+    path = tmp_path / "ckpt"
+    shutil.copytree(dirs["q35-odd-tied"], path)
+    specials = {"<|image_pad|>": IDS["image_token_id"], "<|video_pad|>": IDS["video_token_id"],
+                "<|vision_start|>": IDS["vision_start_token_id"], "<|vision_end|>": IDS["vision_end_token_id"],
+                "<|im_start|>": 401, "<|im_end|>": 402, "[UNK]": 403}
+    words = {"user\n": 300, "assistant\n<think>\n": 301}
+    vocab = {f"w{i}": i for i in range(VOCAB) if i not in {*specials.values(), *words.values()}} | words | specials
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="removed")
+    tok.add_special_tokens(list(specials))
+    tok.save(str(path / "tokenizer.json"))
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(img)
+    config = vlmodel.ModelConfig.from_file(path)
+    ids = model_inputs(messages_for([str(img)], [], "Describe this image"), tok, config)["input_ids"][0].tolist()
+    assert ids[:2] == [401, 300] and ids.count(401) == 2  # no system turn
+    assert ids.count(IDS["image_token_id"]) == 6 and ids[-2:] == [401, 301]  # 64x96 -> 4x6 patches; open thinking
+    out = subprocess.run([sys.executable, "-m", "vlmodel", "--model", str(path), "--image", str(img),
+                          "--prompt", "Describe this image", "--max-new-tokens", "4"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(reference_env("venv"), PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"visual tokens: 6\)", out.stderr), out.stderr[-2000:]
