@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError
+from .layers import activation
+
 
 @dataclass
 class DeltaNetState:
@@ -171,8 +174,7 @@ class GatedDeltaNet(nn.Module):
         super().__init__()
         if num_v_heads % num_k_heads:
             raise ValueError(f"linear_num_value_heads {num_v_heads} is not a multiple of linear_num_key_heads {num_k_heads}")
-        if act not in ("silu", "swish"):
-            raise ValueError(f"unsupported DeltaNet conv activation {act!r}")
+        self.act = activation(act)  # after the conv (the model's hidden_act, SiLU in every release)
         self.num_k_heads, self.num_v_heads = num_k_heads, num_v_heads
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.key_dim, self.value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
@@ -252,20 +254,23 @@ class GatedDeltaNet(nn.Module):
             out = (full.to(w.dtype) * w[:, 0]).sum(-1, keepdim=True)
         else:
             out = F.conv1d(full.to(w.dtype), w, groups=self.conv_dim)
-        return F.silu(out).to(x.dtype).transpose(1, 2)
+        return self.act(out).to(x.dtype).transpose(1, 2)
 
 
 def build_mixer(cfg: Any, layer: int) -> GatedDeltaNet:
     """The ``linear_attn`` module of decoder layer ``layer`` from a ``TextConfig`` (its ``linear_*`` fields,
     with transformers' defaults for the ones a config leaves out)."""
     linear = cfg.linear
-    return GatedDeltaNet(
-        cfg.hidden_size,
-        num_k_heads=int(linear.get("linear_num_key_heads", 16)),
-        num_v_heads=int(linear.get("linear_num_value_heads", 32)),
-        head_k_dim=int(linear.get("linear_key_head_dim", 128)),
-        head_v_dim=int(linear.get("linear_value_head_dim", 128)),
-        conv_kernel=int(linear.get("linear_conv_kernel_dim", 4)),
-        eps=cfg.rms_norm_eps,
-        act=cfg.hidden_act,
-    )
+    try:
+        return GatedDeltaNet(
+            cfg.hidden_size,
+            num_k_heads=int(linear.get("linear_num_key_heads", 16)),
+            num_v_heads=int(linear.get("linear_num_value_heads", 32)),
+            head_k_dim=int(linear.get("linear_key_head_dim", 128)),
+            head_v_dim=int(linear.get("linear_value_head_dim", 128)),
+            conv_kernel=int(linear.get("linear_conv_kernel_dim", 4)),
+            eps=cfg.rms_norm_eps,
+            act=cfg.hidden_act,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config.json: layer {layer} (linear_attention): {exc}") from exc
