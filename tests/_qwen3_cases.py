@@ -97,7 +97,7 @@ def inputs() -> dict[str, dict]:
     user = lambda *items: [{"role": "user", "content": [*items, {"type": "text", "text": "Describe this image."}]}]  # noqa: E731
     img, vid = {"type": "image", "image": "x"}, {"type": "video", "video": "x"}
     cases = {
-        "text": _inputs([[{"role": "user", "content": "The quick brown fox jumps over the lazy dog."}]], greedy=16),
+        "text": _inputs([[{"role": "user", "content": "The quick brown fox jumps over the lazy dog."}]]),
         "image": _inputs([user(img)], images=[_image(rng, 64, 96)], greedy=16),
         "images": _inputs([user(img, img, img)], images=[_image(rng, 96, 64), _image(rng, 128, 160),
                                                          _image(rng, 32, 224)]),
