@@ -216,7 +216,7 @@ def test_multi_token_prediction_weights_are_skipped(reference, tmp_path):
                 vlmodel.from_pretrained(path)
 
 
-def test_cli_builds_qwen35_prompts_and_answers(reference, tmp_path):
+def test_cli_builds_qwen35_prompts_and_answers(reference, tmp_path, capsys):
     """python -m vlmodel on a Qwen3.5 checkpoint: Qwen3.5's chat template (no system prompt, an open
     thinking block), patch-16 image tokens, a streamed greedy answer."""
     import re
@@ -225,6 +225,7 @@ def test_cli_builds_qwen35_prompts_and_answers(reference, tmp_path):
     from PIL import Image
     from tokenizers import Tokenizer, models, pre_tokenizers
 
+    import vlmodel.__main__
     from vlmodel.__main__ import messages_for, model_inputs
 
     _, _, dirs = reference
@@ -245,8 +246,6 @@ def test_cli_builds_qwen35_prompts_and_answers(reference, tmp_path):
     ids = model_inputs(messages_for([str(img)], [], "Describe this image"), tok, config)["input_ids"][0].tolist()
     assert ids[:2] == [401, 300] and ids.count(401) == 2  # no system turn
     assert ids.count(IDS["image_token_id"]) == 6 and ids[-2:] == [401, 301]  # 64x96 -> 4x6 patches; open thinking
-    out = subprocess.run([sys.executable, "-m", "vlmodel", "--model", str(path), "--image", str(img),
-                          "--prompt", "Describe this image", "--max-new-tokens", "4"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(reference_env("venv"), PYTHONPATH=str(ROOT)))
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert re.search(r"visual tokens: 6\)", out.stderr), out.stderr[-2000:]
+    assert vlmodel.__main__.main(["--model", str(path), "--image", str(img), "--prompt", "Describe this image",
+                                  "--max-new-tokens", "4"]) == 0
+    assert re.search(r"visual tokens: 6\)", capsys.readouterr().err)
