@@ -24,6 +24,7 @@ from .chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35
 from .errors import InvalidMessageError, InvalidOptionError
 
 __all__ = [
+    "TIMESTAMPED_VIDEO_MODEL_TYPES",
     "DEFAULT_SYSTEM_PROMPT",
     "IMAGE_PAD",
     "VIDEO_PAD",
@@ -34,7 +35,6 @@ __all__ = [
     "expand_placeholders",
     "qwen3_timestamps",
     "format_chat_with_spans",
-    "TIMESTAMPED_VIDEO_MODEL_TYPES",
 ]
 
 logger = logging.getLogger(__name__)
