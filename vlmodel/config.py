@@ -38,7 +38,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True,
                     "text.attn_output_gate": True, "inputs": "qwen3_5"},
 }
-MIXERS = ("full_attention", "linear_attention")
+LAYER_TYPES = ("full_attention", "linear_attention")  # token mixers, see vlmodel.decoder.MIXERS
 
 
 class ConfigError(ValueError):
@@ -211,11 +211,12 @@ def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) 
     if not section:
         raise ConfigError("config.json: rope_scaling/rope_parameters has no 'mrope_section'")
     if sum(section) * 2 != int(head_dim * partial):
-        raise ConfigError(f"config.json: mrope_section {section} must sum to rotary dim / 2 = {int(head_dim * partial) // 2}")
+        half = int(head_dim * partial) // 2
+        raise ConfigError(f"config.json: mrope_section {section} must sum to rotary dim / 2 = {half}")
     layers = int(_require(t, "num_hidden_layers", where))
     layer_types = list(t.get("layer_types") or ["full_attention"] * layers)
-    if len(layer_types) != layers or any(k not in MIXERS for k in layer_types):
-        raise ConfigError(f"config.json: layer_types {layer_types} must list one of {MIXERS} per layer ({layers})")
+    if len(layer_types) != layers or any(k not in LAYER_TYPES for k in layer_types):
+        raise ConfigError(f"config.json: layer_types {layer_types} must list one of {LAYER_TYPES} per layer ({layers})")
     bias = family.get("qkv_bias")
     attention_bias = bool(t.get("attention_bias", False))
     # transformers 4.x ties by the text config's flag, 5.x by the top-level one.
