@@ -26,19 +26,8 @@ CORPUS = [
 ]
 
 
-# Qwen3.5's vocabulary puts the same special tokens at other ids.
-QWEN35_SPECIAL = {
-    "<|endoftext|>": 248044,
-    "<|im_start|>": 248045,
-    "<|im_end|>": 248046,
-    "<|vision_start|>": 248053,
-    "<|vision_end|>": 248054,
-    "<|image_pad|>": 248056,
-    "<|video_pad|>": 248057,
-}
-
-
 def tiny_qwen_tokenizer(special: dict[str, int] | None = None) -> Tokenizer:
+    """The tokenizer; ``special`` places the special tokens at other ids (e.g. SMALL_SPECIAL)."""
     special = SPECIAL if special is None else special
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -61,3 +50,15 @@ def _merges(tok: Tokenizer) -> list[tuple[str, str]]:
 
     model = json.loads(tok.to_str())["model"]
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+
+
+# Qwen3.5's vocabulary puts the same special tokens at other ids.
+QWEN35_SPECIAL = {
+    "<|endoftext|>": 248044,
+    "<|im_start|>": 248045,
+    "<|im_end|>": 248046,
+    "<|vision_start|>": 248053,
+    "<|vision_end|>": 248054,
+    "<|image_pad|>": 248056,
+    "<|video_pad|>": 248057,
+}

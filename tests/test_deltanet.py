@@ -144,8 +144,19 @@ def test_packed_rows_equal_separate_samples_with_gradients():
 
 
 def test_bad_arguments_raise_value_error():
+    from types import SimpleNamespace
+
+    from vlmodel.config import ConfigError
+    from vlmodel.deltanet import build_mixer
+
     with pytest.raises(ValueError, match="multiple"):
         GatedDeltaNet(16, 3, 4, 4, 4)
+    cfg = SimpleNamespace(hidden_size=16, rms_norm_eps=1e-6, hidden_act="silu",
+                          linear={"linear_num_key_heads": 3, "linear_num_value_heads": 4})
+    with pytest.raises(ConfigError, match="layer 2"):
+        build_mixer(cfg, 2)
+    with pytest.raises(ConfigError, match="activation"):
+        build_mixer(SimpleNamespace(**{**vars(cfg), "hidden_act": "mystery", "linear": {}}), 0)
     layer = _layer((16, 1, 1, 4, 4, 4))
     with pytest.raises(ValueError, match="single packed row"):
         layer.mix(torch.randn(2, 4, 16), cu_seqlens=torch.tensor([0, 2, 4]))

@@ -25,6 +25,9 @@ from typing import Any
 _QWEN3_VISION = {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu_pytorch_tanh",
                  "vision.patch_bias": True, "vision.patch_size": 16, "vision.num_position_embeddings": 2304}
 _QWEN3_TEXT = {"text.qk_norm": True, "text.mrope_interleaved": True, "text.qkv_bias": None}
+# Qwen3.5: transformers' defaults when rope_parameters leaves them out (its own configs omit mrope_section).
+_QWEN35_TEXT = {"text.norm_zero_centered": True, "text.attn_output_gate": True, "text.partial_rotary_factor": 0.25,
+                "text.mrope_section": [11, 11, 10], "text.full_attention_interval": 4}
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen2_vl": {"text.qkv_bias": True, "vision.norm": "layernorm", "vision.mlp": "plain",
                  "vision.hidden_act": "quick_gelu"},
@@ -34,9 +37,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
     "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
                      "inputs": "qwen3_vl"},
-    "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True, "text.attn_output_gate": True},
-    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "text.norm_zero_centered": True,
-                    "text.attn_output_gate": True, "inputs": "qwen3_5"},
+    "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT},
+    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT, "inputs": "qwen3_5"},
 }
 LAYER_TYPES = ("full_attention", "linear_attention")  # token mixers, see vlmodel.decoder.MIXERS
 
@@ -194,6 +196,14 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
     )
 
 
+def _default_layer_types(layers: int, t: dict[str, Any], family: dict[str, Any]) -> list[str]:
+    """Without ``layer_types``: all full attention, or (Qwen3.5) every ``full_attention_interval``-th layer."""
+    interval = int(t.get("full_attention_interval", family.get("full_attention_interval", 0)) or 0)
+    if not interval:
+        return ["full_attention"] * layers
+    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(layers)]
+
+
 def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) -> TextConfig:
     where = "text_config." if t is not top else ""
     # transformers 5.x folds rope_theta, mrope_section (and more) into "rope_parameters".
@@ -206,15 +216,17 @@ def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) 
     hidden = int(_require(t, "hidden_size", where))
     heads = int(_require(t, "num_attention_heads", where))
     head_dim = int(t.get("head_dim") or hidden // heads)
-    partial = float(rope.get("partial_rotary_factor", t.get("partial_rotary_factor", 1.0)))
-    section = [int(s) for s in rope.get("mrope_section", [])]
+    partial = float(rope.get("partial_rotary_factor", t.get("partial_rotary_factor", family.get("partial_rotary_factor", 1.0))))
+    section = [int(s) for s in rope.get("mrope_section", family.get("mrope_section", []))]
     if not section:
         raise ConfigError("config.json: rope_scaling/rope_parameters has no 'mrope_section'")
-    if sum(section) * 2 != int(head_dim * partial):
+    interleaved = bool(rope.get("mrope_interleaved", family.get("mrope_interleaved", False)))
+    # interleaved sections only bound which frequencies follow h and w (any sum is valid, as in transformers)
+    if len(section) != 3 or (not interleaved and sum(section) * 2 != int(head_dim * partial)):
         half = int(head_dim * partial) // 2
         raise ConfigError(f"config.json: mrope_section {section} must sum to rotary dim / 2 = {half}")
     layers = int(_require(t, "num_hidden_layers", where))
-    layer_types = list(t.get("layer_types") or ["full_attention"] * layers)
+    layer_types = list(t.get("layer_types") or _default_layer_types(layers, t, family))
     if len(layer_types) != layers or any(k not in LAYER_TYPES for k in layer_types):
         raise ConfigError(f"config.json: layer_types {layer_types} must list one of {LAYER_TYPES} per layer ({layers})")
     bias = family.get("qkv_bias")
@@ -233,7 +245,7 @@ def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) 
         rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1000000.0))),
         mrope_section=section,
-        mrope_interleaved=bool(rope.get("mrope_interleaved", family.get("mrope_interleaved", False))),
+        mrope_interleaved=interleaved,
         partial_rotary_factor=partial,
         hidden_act=t.get("hidden_act", "silu"),
         tie_word_embeddings=bool(tie),

@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError
+from .layers import activation
+
 
 @dataclass
 class DeltaNetState:
@@ -75,14 +78,14 @@ def recurrent_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None):
     q, k, v32, g, beta = _prepare(q, k, v, g, beta, v.shape[2])
     b, h, n, dk = k.shape
     s = state.to(k.dtype) if state is not None else k.new_zeros(b, h, dk, v32.shape[-1])
-    outs = []
+    decay = g.exp()[..., None, None]  # (b, h, n, 1, 1)
+    k_row, q_row = k.unsqueeze(-2), q.unsqueeze(-2)  # (b, h, n, 1, dk): row vectors for matmuls
+    out = torch.empty_like(v32)
     for t in range(n):
-        s = s * g[:, :, t, None, None].exp()
-        predicted = torch.einsum("bhkv,bhk->bhv", s, k[:, :, t])
-        delta = (v32[:, :, t] - predicted) * beta[:, :, t, None]
-        s = s + k[:, :, t, :, None] * delta[:, :, None, :]
-        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, t]))
-    out = torch.stack(outs, dim=2) if outs else v32.new_zeros(b, h, 0, v32.shape[-1])
+        s = s * decay[:, :, t]
+        delta = (v32[:, :, t] - (k_row[:, :, t] @ s).squeeze(-2)) * beta[:, :, t, None]  # what S^T k misses
+        s = s + k_row[:, :, t].transpose(-1, -2) @ delta.unsqueeze(-2)
+        out[:, :, t] = (q_row[:, :, t] @ s).squeeze(-2)
     return out.transpose(1, 2).to(v.dtype), s
 
 
@@ -171,8 +174,7 @@ class GatedDeltaNet(nn.Module):
         super().__init__()
         if num_v_heads % num_k_heads:
             raise ValueError(f"linear_num_value_heads {num_v_heads} is not a multiple of linear_num_key_heads {num_k_heads}")
-        if act not in ("silu", "swish"):
-            raise ValueError(f"unsupported DeltaNet conv activation {act!r}")
+        self.act = activation(act)  # after the conv (the model's hidden_act, SiLU in every release)
         self.num_k_heads, self.num_v_heads = num_k_heads, num_v_heads
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.key_dim, self.value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
@@ -248,20 +250,27 @@ class GatedDeltaNet(nn.Module):
         if state is not None:
             state.conv = full[:, :, full.shape[-1] - (self.kernel - 1) :]
         w = self.conv1d.weight
-        return F.silu(F.conv1d(full.to(w.dtype), w, groups=self.conv_dim)).to(x.dtype).transpose(1, 2)
+        if x.shape[-1] == 1:  # one decoding step: a weighted sum over the window (much cheaper than conv1d)
+            out = (full.to(w.dtype) * w[:, 0]).sum(-1, keepdim=True)
+        else:
+            out = F.conv1d(full.to(w.dtype), w, groups=self.conv_dim)
+        return self.act(out).to(x.dtype).transpose(1, 2)
 
 
 def build_mixer(cfg: Any, layer: int) -> GatedDeltaNet:
     """The ``linear_attn`` module of decoder layer ``layer`` from a ``TextConfig`` (its ``linear_*`` fields,
     with transformers' defaults for the ones a config leaves out)."""
     linear = cfg.linear
-    return GatedDeltaNet(
-        cfg.hidden_size,
-        num_k_heads=int(linear.get("linear_num_key_heads", 16)),
-        num_v_heads=int(linear.get("linear_num_value_heads", 32)),
-        head_k_dim=int(linear.get("linear_key_head_dim", 128)),
-        head_v_dim=int(linear.get("linear_value_head_dim", 128)),
-        conv_kernel=int(linear.get("linear_conv_kernel_dim", 4)),
-        eps=cfg.rms_norm_eps,
-        act=cfg.hidden_act,
-    )
+    try:
+        return GatedDeltaNet(
+            cfg.hidden_size,
+            num_k_heads=int(linear.get("linear_num_key_heads", 16)),
+            num_v_heads=int(linear.get("linear_num_value_heads", 32)),
+            head_k_dim=int(linear.get("linear_key_head_dim", 128)),
+            head_v_dim=int(linear.get("linear_value_head_dim", 128)),
+            conv_kernel=int(linear.get("linear_conv_kernel_dim", 4)),
+            eps=cfg.rms_norm_eps,
+            act=cfg.hidden_act,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config.json: layer {layer} (linear_attention): {exc}") from exc

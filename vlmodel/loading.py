@@ -18,7 +18,7 @@ import torch
 
 from .config import ModelConfig
 from .model import VLModel
-from .weights import canonical_name, checkpoint_name, fuse_experts
+from .weights import canonical_name, checkpoint_name, fuse_experts, unused
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read {file}: {exc}") from exc
         for name, tensor in part.items():
-            tensors[canonical_name(name, model_type)] = tensor
+            if not unused(name, model_type):
+                tensors[canonical_name(name, model_type)] = tensor
     return tensors
 
 

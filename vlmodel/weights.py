@@ -52,6 +52,15 @@ TABLES: dict[str, tuple[Rename, ...]] = {
 }
 
 
+# Tensors a family's released checkpoints carry that the model does not use, skipped on load as
+# transformers skips them: Qwen3.5's multi-token-prediction head (``mtp.*``).
+UNUSED: dict[str, tuple[str, ...]] = {"qwen3_5": ("mtp.",), "qwen3_5_moe": ("mtp.",)}
+
+
+def unused(name: str, model_type: str | None) -> bool:
+    return bool(model_type) and name.startswith(UNUSED.get(model_type, ()))
+
+
 def _regex(pattern: str) -> re.Pattern:
     return re.compile("^" + re.escape(pattern).replace(r"\*", r"(\d+)"))
 

@@ -24,6 +24,7 @@ from .chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35
 from .errors import InvalidMessageError, InvalidOptionError
 
 __all__ = [
+    "TIMESTAMPED_VIDEO_MODEL_TYPES",
     "DEFAULT_SYSTEM_PROMPT",
     "IMAGE_PAD",
     "VIDEO_PAD",
@@ -33,7 +34,6 @@ __all__ = [
     "item_kind",
     "expand_placeholders",
     "qwen3_timestamps",
-    "TIMESTAMPED_VIDEO_MODEL_TYPES",
 ]
 
 logger = logging.getLogger(__name__)
