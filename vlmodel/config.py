@@ -25,6 +25,8 @@ from typing import Any
 _QWEN3_VISION = {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu_pytorch_tanh",
                  "vision.patch_bias": True, "vision.patch_size": 16, "vision.num_position_embeddings": 2304}
 _QWEN3_TEXT = {"text.qk_norm": True, "text.mrope_interleaved": True, "text.qkv_bias": None}
+# Qwen3-VL: transformers 5.23's defaults when rope_parameters leaves them out.
+_QWEN3_VL_ROPE = {"text.mrope_section": [24, 20, 20], "text.rope_theta": 500000.0}
 # Qwen3.5: transformers' defaults when rope_parameters leaves them out (its own configs omit mrope_section).
 _QWEN35_TEXT = {"text.norm_zero_centered": True, "text.attn_output_gate": True, "text.partial_rotary_factor": 0.25,
                 "text.mrope_section": [11, 11, 10], "text.full_attention_interval": 4}
@@ -34,13 +36,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": {"text.qkv_bias": True, "vision.norm": "rmsnorm", "vision.mlp": "gated",
                    "vision.hidden_act": "silu", "vision.window_size": 112,
                    "vision.fullatt_block_indexes": [7, 15, 23, 31]},
-    "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
-    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
+    "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
+    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
                      "inputs": "qwen3_vl"},
     "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT},
     "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT, "inputs": "qwen3_5"},
 }
-MIXERS = ("full_attention", "linear_attention")
+LAYER_TYPES = ("full_attention", "linear_attention")  # token mixers, see vlmodel.decoder.MIXERS
 
 
 class ConfigError(ValueError):
@@ -216,18 +218,21 @@ def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) 
     hidden = int(_require(t, "hidden_size", where))
     heads = int(_require(t, "num_attention_heads", where))
     head_dim = int(t.get("head_dim") or hidden // heads)
-    partial = float(rope.get("partial_rotary_factor", t.get("partial_rotary_factor", family.get("partial_rotary_factor", 1.0))))
+    partial = rope.get("partial_rotary_factor", t.get("partial_rotary_factor", family.get("partial_rotary_factor")))
+    partial = float(1.0 if partial is None else partial)
     section = [int(s) for s in rope.get("mrope_section", family.get("mrope_section", []))]
     if not section:
         raise ConfigError("config.json: rope_scaling/rope_parameters has no 'mrope_section'")
-    interleaved = bool(rope.get("mrope_interleaved", family.get("mrope_interleaved", False)))
+    # transformers interleaves by family (Qwen3 classes always, Qwen2 never), whatever the flag in config.json says
+    interleaved = bool(family.get("mrope_interleaved", False))
     # interleaved sections only bound which frequencies follow h and w (any sum is valid, as in transformers)
     if len(section) != 3 or (not interleaved and sum(section) * 2 != int(head_dim * partial)):
-        raise ConfigError(f"config.json: mrope_section {section} must sum to rotary dim / 2 = {int(head_dim * partial) // 2}")
+        half = int(head_dim * partial) // 2
+        raise ConfigError(f"config.json: mrope_section {section} must sum to rotary dim / 2 = {half}")
     layers = int(_require(t, "num_hidden_layers", where))
     layer_types = list(t.get("layer_types") or _default_layer_types(layers, t, family))
-    if len(layer_types) != layers or any(k not in MIXERS for k in layer_types):
-        raise ConfigError(f"config.json: layer_types {layer_types} must list one of {MIXERS} per layer ({layers})")
+    if len(layer_types) != layers or any(k not in LAYER_TYPES for k in layer_types):
+        raise ConfigError(f"config.json: layer_types {layer_types} must list one of {LAYER_TYPES} per layer ({layers})")
     bias = family.get("qkv_bias")
     attention_bias = bool(t.get("attention_bias", False))
     # transformers 4.x ties by the text config's flag, 5.x by the top-level one.
@@ -242,7 +247,7 @@ def _parse_text(t: dict[str, Any], top: dict[str, Any], family: dict[str, Any]) 
         num_kv_heads=int(t.get("num_key_value_heads") or heads),
         head_dim=head_dim,
         rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1000000.0))),
+        rope_theta=float(rope.get("rope_theta", t.get("rope_theta", family.get("rope_theta", 1000000.0)))),
         mrope_section=section,
         mrope_interleaved=interleaved,
         partial_rotary_factor=partial,

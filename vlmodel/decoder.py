@@ -80,7 +80,8 @@ class DecoderLayer(nn.Module):
         setattr(self, self.mixer_name, build(cfg, layer))
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_zero_centered)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_zero_centered)
-        self.mlp = SparseMoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+        dense = not cfg.is_moe_layer(layer)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act) if dense else SparseMoE(cfg)
 
     @property
     def mixer(self) -> nn.Module:

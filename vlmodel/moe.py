@@ -11,8 +11,8 @@ converts the other layouts found on the hub (``vlmodel.weights``).
 
 Computation: tokens are sorted by expert once; each expert used runs one matmul on its
 contiguous slice (no per-token loop, no one-hot over experts).  When there are fewer
-(token, expert) pairs than experts (decoding), only the chosen experts' weights are
-gathered and applied in one batched matmul.
+(token, expert) pairs than experts (decoding), each pair is one matmul on a view of its
+expert's weights (gathering the weights instead copies megabytes per step).
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ class Experts(nn.Module):
         """x (N, D), routing (N, k) -> (N, D)."""
         n, k = index.shape
         if n * k <= self.gate_up_proj.shape[0]:
-            # Few (token, expert) pairs (decoding): gather just their weights, one batched matmul each.
-            flat = index.flatten()
-            rows = x.repeat_interleave(k, dim=0)[:, :, None]
-            gate, up = (self.gate_up_proj[flat] @ rows).squeeze(-1).chunk(2, dim=-1)
-            y = (self.down_proj[flat] @ (self.act(gate) * up)[:, :, None]).squeeze(-1)
-            return (y.view(n, k, -1) * weights[:, :, None]).sum(1)
+            # Few (token, expert) pairs (decoding): one matmul per pair on views of the expert's weights.
+            out = torch.zeros_like(x)
+            for t, experts in enumerate(index.tolist()):
+                for slot, e in enumerate(experts):
+                    gate, up = F.linear(x[t], self.gate_up_proj[e]).chunk(2, dim=-1)
+                    out[t] += weights[t, slot] * F.linear(self.act(gate) * up, self.down_proj[e])
+            return out
         flat = index.flatten()
         order = flat.argsort(stable=True)
         counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()

@@ -11,7 +11,8 @@ MoE experts (any family with ``num_experts``) are accepted in the three layouts 
 the wild and stored fused as transformers 5.x holds them (see ``vlmodel.moe``):
 fused ``gate_up_proj`` (E, 2I, D) / ``down_proj`` (E, D, I); the same transposed
 ((E, D, 2I) / (E, I, D): the released Qwen3-VL-MoE files and transformers 4.57's;
-told apart by the shape of ``down_proj`` or ``gate_up_proj``, whichever is unambiguous); or one tensor per expert ``experts.N.{gate,up,down}_proj.weight``
+told apart by the shape of ``down_proj`` or ``gate_up_proj``, whichever is unambiguous);
+or one tensor per expert ``experts.N.{gate,up,down}_proj.weight``
 (what transformers 5.x writes for Qwen3.5-MoE).
 """
 
