@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from .errors import InvalidMessageError
 
-__all__ = ["QWEN35_MODEL_TYPES", "format_qwen35", "format_qwen35_parts"]
+__all__ = ["QWEN35_MODEL_TYPES", "format_qwen35", "format_qwen35_parts", "format_qwen35_with_spans"]
 
 QWEN35_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
 _IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -91,6 +91,29 @@ def format_qwen35_parts(
         think = "<think>\n" if enable_thinking else "<think>\n\n</think>\n\n"
         parts.append(("<|im_start|>assistant\n" + think, False))
     return parts
+
+
+def format_qwen35_with_spans(
+    messages: Sequence[dict], *, add_vision_id: bool = False
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """``format_qwen35(messages, add_generation_prompt=False)`` and where each assistant turn's
+    output is, as ``(message_index, start, end)`` like :func:`vlutils.chat.format_chat_with_spans`.
+
+    ``text[start:end]`` is the turn's ``is_reply`` piece (thinking block when rendered, reply,
+    tool calls) through its ``<|im_end|>``; the newline after it is outside. Taken from the
+    pieces of the whole conversation, not from prefixes: this template renders an earlier
+    assistant turn differently (without its reasoning) once a later user query follows.
+    """
+    parts = format_qwen35_parts(messages, add_generation_prompt=False, add_vision_id=add_vision_id)
+    assistants = iter(m for m, message in enumerate(messages) if message["role"] == "assistant")
+    text, spans = "", []
+    for piece, is_reply in parts:
+        if is_reply:
+            if not piece.endswith("<|im_end|>\n"):
+                raise InvalidMessageError("an assistant turn does not end with <|im_end|>")
+            spans.append((next(assistants), len(text), len(text) + len(piece) - 1))
+        text += piece
+    return text, spans
 
 
 def _last_user_query(messages: Sequence[dict], add_vision_id: bool) -> int:

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import torch
 
 from ..chat import TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat_with_spans, item_kind
+from ..chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35_with_spans
 from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
-from ..inputs import MODEL_TYPES, _fetch_media, _split_video_metadata, _video_timestamps, build_inputs
+from ..inputs import _fetch_media, _split_video_metadata, _video_timestamps, build_inputs
 from ..processor import get_preset
 from .labels import encode_with_offsets, labels_from_spans
 from .shrink import Media, _take_metadata, apply, media_size, plan_shapes, shrink_candidates
@@ -28,7 +29,7 @@ __all__ = ["build_sample", "TRUNCATION_MODES"]
 logger = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("error", "drop", "shrink")
-TRAIN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # ChatML formats with known reply spans
+TRAIN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", *QWEN35_MODEL_TYPES)
 _CHAT_OPTIONS = ("system_prompt", "add_vision_id")
 _REFUSED = ("add_generation_prompt", "padding_side")
 
@@ -55,6 +56,12 @@ def build_sample(
     Labels are -100 except on each trained assistant reply and the ``<|im_end|>`` closing it;
     the newline after ``<|im_end|>`` is NOT labeled. The label equals the input id (the loss
     shifts). ``train_on="all"`` (default) trains every assistant turn, ``"last"`` only the last.
+
+    Qwen3.5 / Qwen3.5-MoE: a labeled turn is everything the template renders after
+    ``<|im_start|>assistant\n``: for turns after the last user query that includes the thinking
+    block ``<think>\n{reasoning}\n</think>\n\n`` (the model writes it; an empty one when the
+    turn has no reasoning); earlier turns are rendered without their reasoning, so only their
+    reply is labeled. To train the reasoning of every turn, make one sample per turn.
 
     ``max_length`` with ``truncation``: ``"error"`` raises :class:`SampleTooLongError` naming
     the conversation and both lengths, ``"drop"`` returns None, ``"shrink"`` lowers the pixels
@@ -94,7 +101,7 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
     not_preset = ("tokens_per_second", "pad_token_id", *_CHAT_OPTIONS)
     preset = get_preset(model_type, **{k: v for k, v in options.items() if k not in not_preset})
 
-    text, spans = format_chat_with_spans(messages, model_type=model_type, **chat_options)
+    text, spans = _format_with_spans(messages, model_type, chat_options)
     if not spans:
         raise InvalidMessageError("the conversation has no assistant turn to train on", position=name)
     if train_on == "last":
@@ -138,6 +145,21 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
         "num_tokens": int(input_ids.shape[0]),
         "num_patches": int(sum(int(g.prod(1).sum()) for g in grids)),
     }
+
+
+def _format_with_spans(messages, model_type: str, chat_options: dict) -> tuple[str, list]:
+    """The training text and each reply's ``(message_index, start, end)`` characters.
+
+    Qwen3.5 spans come from its formatter's reply pieces (its template is not
+    prefix-consistent); ``system_prompt`` is prepended as a system message, as format_chat does."""
+    if model_type not in QWEN35_MODEL_TYPES:
+        return format_chat_with_spans(messages, model_type=model_type, **chat_options)
+    system = chat_options.get("system_prompt")
+    prepend = isinstance(system, str) and not (messages and isinstance(messages[0], dict)
+                                               and messages[0].get("role") == "system")
+    full = [{"role": "system", "content": system}, *messages] if prepend else list(messages)
+    text, spans = format_qwen35_with_spans(full, add_vision_id=chat_options.get("add_vision_id", False))
+    return text, [(m - prepend, a, b) for m, a, b in spans]
 
 
 def _tokenize(text: str, spans: list, shapes: tuple, metadata: list, tokenizer: Any, model_type: str, preset) -> tuple:
@@ -213,9 +235,7 @@ def _name(sample_id: Any, messages: Any) -> str:
 
 def _check_options(model_type, truncation, train_on, max_length, options, name) -> None:
     if model_type not in TRAIN_MODEL_TYPES:
-        extra = (" (Qwen3.5's template renders a turn differently once later turns follow, so reply spans "
-                 "need that formatter's own support: not done yet)") if model_type in MODEL_TYPES else ""
-        raise InvalidOptionError(f"model_type must be one of {TRAIN_MODEL_TYPES}, got {model_type!r}{extra}",
+        raise InvalidOptionError(f"model_type must be one of {TRAIN_MODEL_TYPES}, got {model_type!r}",
                                  position=name)
     if truncation not in TRUNCATION_MODES:
         raise InvalidOptionError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}", position=name)
