@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/bench_model.py                  # CPU float32, tiny + ~100M, Qwen2-VL/2.5-VL
     .venv/bin/python bench/bench_model.py --families qwen3_vl,qwen3_vl_moe
+    .venv/bin/python bench/bench_model.py --families qwen3_5,qwen3_5_moe --threads 1 --clock cpu
     .venv/bin/python bench/bench_model.py --sizes base --families qwen2_vl --device cuda --dtype bfloat16
 
 For each (family, size) a checkpoint with random weights is written with transformers'
 ``save_pretrained`` and loaded by both libraries.  Qwen2-VL / Qwen2.5-VL run against the
-venv's transformers 4.57.6 in this process; the Qwen3 families against transformers 5.23 in
-a worker process (``bench/ref5_worker.py``, PYTHONPATH=.refs/tf523) that times itself.
+venv's transformers 4.57.6 in this process; the Qwen3-VL and Qwen3.5 families against
+transformers 5.23 in a worker process (``bench/ref5_worker.py``, PYTHONPATH=.refs/tf523) that
+times itself.  On the CPU (no flash-linear-attention / causal-conv1d) 5.23 runs Qwen3.5's gated
+delta rule with its own PyTorch fallback (chunked for the prompt, recurrent per decoded token).
 Timings alternate between the two models run after run (so background load hits both
 alike); the table reports the best run of each (the least disturbed by other processes),
 the JSON rows also the median.

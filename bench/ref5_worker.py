@@ -28,37 +28,53 @@ IDS = dict(image_token_id=412, video_token_id=413, vision_start_token_id=409, vi
 
 
 def spec(family: str, size: str) -> tuple[dict, dict]:
-    """(text_config, vision_config) kwargs: tiny (~2M) or base (~100M parameters)."""
-    moe = family.endswith("_moe")
-    hybrid = family.startswith("qwen3_5")
+    """(text_config, vision_config) kwargs: tiny (~1M) or base (~100M parameters)."""
+    if family.startswith("qwen3_5"):
+        return _hybrid_spec(family, size)
     if size == "tiny":
         text = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16, section=[2, 3, 3])
+                    num_key_value_heads=2, head_dim=16)
+        section = [2, 3, 3]
         vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64,
                       num_position_embeddings=256, deepstack_visual_indexes=[1, 2])
         experts = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
-        linear = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)
     else:
         text = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=12,
-                    num_attention_heads=8, num_key_value_heads=2, head_dim=64, section=[12, 10, 10])
+                    num_attention_heads=8, num_key_value_heads=2, head_dim=64)
+        section = [12, 10, 10]
         vision = dict(depth=12, hidden_size=384, intermediate_size=1024, num_heads=6, out_hidden_size=512,
                       num_position_embeddings=2304, deepstack_visual_indexes=[3, 7, 11])
         experts = dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=192)
-        linear = dict(linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64)
-    section = text.pop("section")
-    partial = 1.0
-    if hybrid:
-        partial = 0.5
-        section = [max(1, s // 2) for s in section]
-        section[0] += text["head_dim"] // 4 - sum(section)
-        text.update(linear, layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"]
-                    * (text["num_hidden_layers"] // 4))
-        vision.pop("deepstack_visual_indexes")
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section,
-                               "mrope_interleaved": True, **({"partial_rotary_factor": partial} if hybrid else {})}
-    if moe:
-        text.update(experts, **({"shared_expert_intermediate_size": text["intermediate_size"] // 4} if hybrid
-                                else {"decoder_sparse_step": 1}))
+                               "mrope_interleaved": True}
+    if family.endswith("_moe"):
+        text.update(experts, decoder_sparse_step=1)
+    return text, vision
+
+
+def _hybrid_spec(family: str, size: str) -> tuple[dict, dict]:
+    """Qwen3.5 (-MoE): three Gated-DeltaNet layers per full-attention layer, rotary on a quarter of each head."""
+    if size == "tiny":
+        text = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+                    linear_key_head_dim=16, linear_value_head_dim=16)
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+        moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64)
+    else:
+        text = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=12,
+                    num_attention_heads=8, num_key_value_heads=2, head_dim=64, linear_num_key_heads=4,
+                    linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64)
+        vision = dict(depth=12, hidden_size=384, intermediate_size=1024, num_heads=6, out_hidden_size=512)
+        moe = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=384, shared_expert_intermediate_size=512)
+    half = int(text["head_dim"] * 0.25) // 2
+    text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.25,
+                                 "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
+                                 "mrope_interleaved": True},
+                initializer_range=0.02, full_attention_interval=4)
+    if family.endswith("_moe"):
+        text.pop("intermediate_size")
+        text.update(moe)
+    vision.update(patch_size=16, num_position_embeddings=2304, initializer_range=0.02)
     return text, vision
 
 
