@@ -112,3 +112,20 @@ def inputs() -> dict[str, dict]:
     train["labels"] = train["input_ids"].masked_fill(torch.arange(train["input_ids"].shape[1]) < 30, -100)
     cases["train"] = train
     return cases
+
+
+MEDIA = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+def media(inp: dict) -> dict:
+    """The vision tensors of one case, as keyword arguments for the model."""
+    return {k: inp[k] for k in MEDIA if k in inp}
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None, rel: float = 1e-4) -> None:
+    """Max |ours - ref| within ``rel`` of ref's largest magnitude (only where ``mask`` is set)."""
+    if mask is not None:
+        ours, ref = ours[mask.bool()], ref[mask.bool()]
+    scale = ref.abs().max().item()
+    diff = (ours.float() - ref.float()).abs().max().item()
+    assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * {scale:.3g}"

@@ -18,11 +18,10 @@ import pytest
 import torch
 
 import vlmodel
-from _qwen3_cases import IDS, MODELS, inputs
+from _qwen3_cases import IDS, MEDIA, MODELS, assert_close, inputs, media
 from _refs import ROOT, reference_env
 
 RUNNER = ROOT / "tests" / "reference_model_runner.py"
-MEDIA = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
 @pytest.fixture(scope="session")
@@ -52,18 +51,6 @@ def _load(path: str):
     return vlmodel.from_pretrained(path, dtype=torch.float32)
 
 
-def _media(inp):
-    return {k: inp[k] for k in MEDIA if k in inp}
-
-
-def assert_close(ours, ref, mask=None, rel=1e-4):
-    if mask is not None:
-        ours, ref = ours[mask.bool()], ref[mask.bool()]
-    scale = ref.abs().max().item()
-    diff = (ours - ref).abs().max().item()
-    assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * {scale:.3g}"
-
-
 NAMES = [m["name"] for m in MODELS]
 INPUTS = ["text", "image", "images", "video", "videos", "batch"]
 
@@ -76,7 +63,7 @@ def test_logits_match_transformers_5(reference, name):
     for key in INPUTS:
         inp = cases[key]
         with torch.no_grad():
-            got = model(inp["input_ids"], attention_mask=inp["attention_mask"], **_media(inp)).logits
+            got = model(inp["input_ids"], attention_mask=inp["attention_mask"], **media(inp)).logits
         assert_close(got, results[name][key]["logits"], inp["attention_mask"])
 
 
@@ -89,7 +76,7 @@ def test_greedy_tokens_match_transformers_5(reference, name):
         if not inp.get("greedy"):
             continue
         got = model.generate(inp["input_ids"], attention_mask=inp["attention_mask"], max_new_tokens=inp["greedy"],
-                             stop_token_ids=[], **_media(inp))
+                             stop_token_ids=[], **media(inp))
         assert got.tolist() == results[name][key]["tokens"].tolist(), key
 
 
@@ -101,7 +88,7 @@ def test_loss_and_gradients_match_transformers_5(reference, name):
     cases, results, dirs = reference
     model = vlmodel.from_pretrained(dirs[name], dtype=torch.float32).train()
     inp, ref = cases["train"], results[name]["train"]
-    loss = model(inp["input_ids"], attention_mask=inp["attention_mask"], labels=inp["labels"], **_media(inp)).loss
+    loss = model(inp["input_ids"], attention_mask=inp["attention_mask"], labels=inp["labels"], **media(inp)).loss
     assert abs(loss.item() - ref["loss"].item()) <= 1e-4 * abs(ref["loss"].item())
     loss.backward()
     params = dict(model.named_parameters())
@@ -149,10 +136,10 @@ def test_packed_rows_with_deepstack_equal_samples_alone(reference):
     ids = torch.cat([s["input_ids"] for s in samples], dim=1)
     lengths = torch.tensor([s["input_ids"].shape[1] for s in samples])
     cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).int()
-    media = {k: torch.cat([s[k] for s in samples if k in s]) for k in MEDIA}
+    joined = {k: torch.cat([s[k] for s in samples if k in s]) for k in MEDIA}
     with torch.no_grad():
-        packed = model(ids, cu_seqlens=cu, labels=ids, **media)
-        alone = [model(s["input_ids"], labels=s["input_ids"], **_media(s)) for s in samples]
+        packed = model(ids, cu_seqlens=cu, labels=ids, **joined)
+        alone = [model(s["input_ids"], labels=s["input_ids"], **media(s)) for s in samples]
     assert_close(packed.logits, torch.cat([a.logits for a in alone], dim=1))
     counts = lengths - 1
     expected = sum(a.loss * n for a, n in zip(alone, counts)) / counts.sum()
@@ -213,7 +200,7 @@ def test_logits_match_transformers_4_57(family, tmp_path):
     ours = vlmodel.from_pretrained(tmp_path, dtype=torch.float32)
     for key in ("image", "video", "batch"):
         inp = inputs_cached()[key]
-        kw = dict(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"], **_media(inp))
+        kw = dict(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"], **media(inp))
         with torch.no_grad():
             ref = hf(**kw).logits
             got = ours(**kw).logits

@@ -22,11 +22,10 @@ import pytest
 import torch
 
 import vlmodel
-from _qwen3_cases import IDS, VOCAB, _image, _inputs, inputs
+from _qwen3_cases import IDS, MEDIA, VOCAB, _image, _inputs, assert_close, inputs, media
 from _refs import ROOT, reference_env
 
 RUNNER = ROOT / "tests" / "reference_model_runner.py"
-MEDIA = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
 def _text(pattern, hidden, heads, kv, head_dim, partial, section, linear, **extra):
@@ -101,18 +100,6 @@ def _load(path: str, dtype: torch.dtype = torch.float32):
     return vlmodel.from_pretrained(path, dtype=dtype)
 
 
-def _media(inp):
-    return {k: inp[k] for k in MEDIA if k in inp}
-
-
-def assert_close(ours, ref, mask=None, rel=1e-4):
-    if mask is not None:
-        ours, ref = ours[mask.bool()], ref[mask.bool()]
-    scale = ref.abs().max().item()
-    diff = (ours.float() - ref.float()).abs().max().item()
-    assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * {scale:.3g}"
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_match_transformers(reference, name):
     cases, results, dirs = reference
@@ -122,7 +109,7 @@ def test_logits_match_transformers(reference, name):
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == spec["tie"]
     for key, inp in cases.items():
         with torch.no_grad():
-            got = model(inp["input_ids"], attention_mask=inp["attention_mask"], **_media(inp)).logits
+            got = model(inp["input_ids"], attention_mask=inp["attention_mask"], **media(inp)).logits
         assert got.shape == results[name][key]["logits"].shape, key
         assert_close(got, results[name][key]["logits"], inp["attention_mask"])
 
@@ -136,7 +123,7 @@ def test_greedy_tokens_match_transformers(reference, name):
         if not inp.get("greedy"):
             continue
         got = model.generate(inp["input_ids"], attention_mask=inp["attention_mask"], max_new_tokens=inp["greedy"],
-                             stop_token_ids=[], **_media(inp))
+                             stop_token_ids=[], **media(inp))
         assert got.shape[1] >= 16 and got.tolist() == results[name][key]["tokens"].tolist(), key
         checked += 1
     assert checked == 2
@@ -169,11 +156,11 @@ def test_packed_rows_equal_samples_alone_with_gradients(reference, name):
     ids = torch.cat([s["input_ids"] for s in samples], dim=1)
     lengths = torch.tensor([s["input_ids"].shape[1] for s in samples])
     cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).int()
-    media = {k: torch.cat([s[k] for s in samples if k in s]) for k in MEDIA}
-    packed = model(ids, cu_seqlens=cu, labels=ids, **media)
+    joined = {k: torch.cat([s[k] for s in samples if k in s]) for k in MEDIA}
+    packed = model(ids, cu_seqlens=cu, labels=ids, **joined)
     weight = model.model.layers[0].linear_attn.in_proj_qkv.weight
     grad_packed = torch.autograd.grad(packed.loss, weight)[0]
-    alone = [model(s["input_ids"], labels=s["input_ids"], **_media(s)) for s in samples]
+    alone = [model(s["input_ids"], labels=s["input_ids"], **media(s)) for s in samples]
     assert_close(packed.logits.detach(), torch.cat([a.logits.detach() for a in alone], dim=1))
     counts = lengths - 1
     expected = sum(a.loss * n for a, n in zip(alone, counts)) / counts.sum()
