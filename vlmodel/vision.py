@@ -30,7 +30,7 @@ from torch import nn
 
 from .config import VisionConfig
 from .layers import MLP, PlainMLP, RMSNorm
-from .rotary import rotate_half, vision_freqs
+from .rotary import apply_rotary, vision_freqs
 from .vision_grid import frame_boundaries, patch_positions, position_table_taps, window_order
 
 
@@ -62,8 +62,8 @@ class VisionAttention(nn.Module):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # each (N, heads, head_dim)
         # Rotary in float32 (as the reference does), then back to the activation dtype.
-        q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
+        q = apply_rotary(q.float(), cos, sin).to(x.dtype)
+        k = apply_rotary(k.float(), cos, sin).to(x.dtype)
         q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))  # (1, heads, N, head_dim)
         # Attention within each segment (an image, a video frame, or a window).
         spans = zip(cu_seqlens[:-1], cu_seqlens[1:])
