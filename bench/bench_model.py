@@ -52,6 +52,11 @@ REF5 = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")  # benchmarked aga
 WORKER = os.path.join(ROOT, "bench", "ref5_worker.py")
 
 
+def ref5_env() -> dict:
+    """The environment of a ref5_worker process: transformers 5.23 from .refs/tf523."""
+    return dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".refs", "tf523"), TRANSFORMERS_VERBOSITY="error")
+
+
 def inputs(family: str, image_hw: int, device: str) -> dict:
     """One square image between 12 and 20 text tokens (patch 14 for Qwen2, 16 for Qwen3)."""
     if family in REF5:
@@ -76,10 +81,9 @@ class Ref5:
     """transformers 5.23 in a worker process, driven one command at a time."""
 
     def __init__(self, path: str, args):
-        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".refs", "tf523"), TRANSFORMERS_VERBOSITY="error")
         self.proc = subprocess.Popen(
             [sys.executable, WORKER, "serve", path, os.path.join(path, "inputs.pt"), str(args.threads or 0), args.clock],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ref5_env())
 
     def ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
@@ -192,9 +196,8 @@ def bench_one(family: str, size: str, args) -> dict:
         inp = inputs(family, args.image, device)
         torch.save({k: v.cpu() for k, v in inp.items()}, os.path.join(path, "inputs.pt"))
         if family in REF5:
-            env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".refs", "tf523"), TRANSFORMERS_VERBOSITY="error")
-            made = subprocess.run([sys.executable, WORKER, "create", family, size, path], env=env, capture_output=True,
-                                  text=True, check=True)
+            made = subprocess.run([sys.executable, WORKER, "create", family, size, path], env=ref5_env(),
+                                  capture_output=True, text=True, check=True)
             n_params = json.loads(made.stdout.strip().splitlines()[-1])["params"]
             open(os.path.join(path, "ref5"), "w").close()
             models = {"transformers": Ref5(path, args), "vlmodel": load("vlmodel", path, dtype, device)}
