@@ -131,7 +131,7 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
     )
     input_ids = inputs["input_ids"][0]
     if input_ids.tolist() != ids:
-        raise InvalidOptionError(f"{name}: the tokenizer's offsets encoding differs from its plain encoding")
+        raise InvalidOptionError("the tokenizer's offsets encoding differs from its plain encoding", position=name)
     labels = labels_from_spans(ids, offsets, char_spans)
     grids = [g for g in (inputs["image_grid_thw"], inputs["video_grid_thw"]) if g is not None]
     return {
