@@ -159,6 +159,18 @@ def _long_case(model_type="qwen2_vl"):
     return messages, [big], [frames], {"fps": [2.0]}
 
 
+def test_qwen3_video_without_metadata_uses_the_given_fps_as_build_inputs_does():
+    messages, images, videos, kwargs = _long_case()
+    kwargs = {"fps": [1.0]}  # not transformers' default 24: the timestamps (and so the ids) depend on it
+    sample = build_sample(messages, TOK, "qwen3_vl", images=images, videos=videos, video_kwargs=kwargs)
+    inputs = build_inputs(messages, TOK, "qwen3_vl", images=images, videos=videos, video_kwargs=kwargs,
+                          add_generation_prompt=False)
+    assert torch.equal(sample["input_ids"], inputs["input_ids"][0])
+    shrunk = build_sample(messages, TOK, "qwen3_vl", images=images, videos=videos, video_kwargs=kwargs,
+                          max_length=sample["num_tokens"] // 2, truncation="shrink")
+    assert shrunk["num_tokens"] <= sample["num_tokens"] // 2
+
+
 def test_truncation_error_names_conversation_and_lengths():
     messages, images, videos, kwargs = _long_case()
     full = build_sample(messages, TOK, images=images, videos=videos, video_kwargs=kwargs)

@@ -76,13 +76,10 @@ class SampleBuilder:
         return {"kind": "row", "row": row}
 
     def _sample_row(self, messages: list[dict], name: str) -> dict | None:
-        from ..vision_process import process_vision_info
+        from ..inputs import _fetch_media, _split_video_metadata
 
-        patch = vision_preset(self.model_type, self.spec.options).patch_size
-        images, videos, video_kwargs = process_vision_info(
-            messages, return_video_kwargs=True, return_video_metadata=self.model_type == "qwen3_vl",
-            image_patch_size=patch,
-        )
+        preset = vision_preset(self.model_type, self.spec.options)
+        images, videos, video_kwargs = _fetch_media([messages], self.model_type, preset.patch_size)
         # "drop" is run as "error" so that the rejected line carries the typed reason and both lengths
         truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
         sample = self.build_sample(
@@ -92,8 +89,8 @@ class SampleBuilder:
         )
         if sample is None:
             return None
-        frames = [v[0] if isinstance(v, tuple) else v for v in (videos or [])]
-        return encode_row(sample, images or [], frames, vision_preset(self.model_type, self.spec.options))
+        frames, _ = _split_video_metadata(videos)
+        return encode_row(sample, images or [], frames or [], preset)
 
 
 def vision_preset(model_type: str, options: dict):

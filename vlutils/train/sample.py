@@ -19,7 +19,7 @@ import torch
 from ..chat import TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat_with_spans, item_kind
 from ..chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35_with_spans
 from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
-from ..inputs import _fetch_media, _split_video_metadata, _video_timestamps, build_inputs
+from ..inputs import _fetch_media, _nth, _split_video_metadata, _video_timestamps, build_inputs
 from ..processor import get_preset
 from .labels import encode_with_offsets, labels_from_spans
 from .shrink import Media, _take_metadata, apply, media_size, plan_shapes, shrink_candidates
@@ -114,7 +114,8 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
     media = Media(list(images or []), list(frames or []), metadata, None if fps is None else _as_list(fps, len(frames)))
 
     shapes = ([media_size(i) for i in media.images], [media_size(v, video=True) for v in media.frames])
-    ids, offsets, char_spans = _tokenize(text, spans, shapes, media.metadata, tokenizer, model_type, preset)
+    given_fps = (video_kwargs or {}).get("fps")
+    ids, offsets, char_spans = _tokenize(text, spans, shapes, media.metadata, tokenizer, model_type, preset, given_fps)
     if max_length is not None and len(ids) > max_length:
         if truncation == "drop":
             logger.debug("%s: %d tokens > max_length %d: dropped", name, len(ids), max_length)
@@ -122,7 +123,7 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
         if truncation == "error":
             raise _too_long(name, len(ids), max_length, "")
         media, (ids, offsets, char_spans) = _shrink(text, spans, media, messages, tokenizer, model_type, preset,
-                                                    max_length, name, len(ids))
+                                                    max_length, name, len(ids), given_fps)
 
     inputs = build_inputs(
         [list(messages)], tokenizer, model_type, images=media.images or None, videos=media.videos(),
@@ -130,7 +131,7 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
     )
     input_ids = inputs["input_ids"][0]
     if input_ids.tolist() != ids:
-        raise InvalidOptionError(f"{name}: the tokenizer's offsets encoding differs from its plain encoding")
+        raise InvalidOptionError("the tokenizer's offsets encoding differs from its plain encoding", position=name)
     labels = labels_from_spans(ids, offsets, char_spans)
     grids = [g for g in (inputs["image_grid_thw"], inputs["video_grid_thw"]) if g is not None]
     return {
@@ -162,18 +163,20 @@ def _format_with_spans(messages, model_type: str, chat_options: dict) -> tuple[s
     return text, [(m - prepend, a, b) for m, a, b in spans]
 
 
-def _tokenize(text: str, spans: list, shapes: tuple, metadata: list, tokenizer: Any, model_type: str, preset) -> tuple:
+def _tokenize(text: str, spans: list, shapes: tuple, metadata: list, tokenizer: Any, model_type: str, preset,
+              given_fps: Any = None) -> tuple:
     """Expanded text tokenized once, and the reply spans moved onto the expanded text.
 
     The text is cut at the reply boundaries and the pieces expanded together (one counter
     across pieces, as for a batch), so each boundary's new position is a sum of piece lengths.
+    Timestamps as build_inputs computes them (``given_fps``: video_kwargs' fps, used without metadata).
     """
     cuts = sorted({0, len(text), *(a for _, a, _ in spans), *(b for _, _, b in spans)})
     pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
     image_grid, video_grid = (_grids(s, preset) for s in shapes)
     timestamps = None
     if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES and video_grid is not None:
-        timestamps = [_video_timestamps(meta, n, preset.merge_size, i)
+        timestamps = [_video_timestamps(meta, n, preset.merge_size, i, _nth(given_fps, i))
                       for i, ((n, _, _), meta) in enumerate(zip(shapes[1], metadata))]
     pieces = expand_placeholders(pieces, image_grid, video_grid, merge_size=preset.merge_size,
                                  model_type=model_type, video_timestamps=timestamps)
@@ -195,7 +198,7 @@ def _grids(shapes: list[tuple[int, int, int]], preset) -> torch.Tensor | None:
                          for n, h, w in shapes])
 
 
-def _shrink(text, spans, media, messages, tokenizer, model_type, preset, max_length, name, length):
+def _shrink(text, spans, media, messages, tokenizer, model_type, preset, max_length, name, length, given_fps):
     items = [item for m in messages if isinstance(m.get("content"), (list, tuple))
              for item in m["content"] if isinstance(item, dict)]
     image_items = [i for i in items if item_kind(i) == "image"]
@@ -203,7 +206,7 @@ def _shrink(text, spans, media, messages, tokenizer, model_type, preset, max_len
     smallest = length
     for plan in shrink_candidates(media, image_items, video_items, preset.factor):
         metadata = [_take_metadata(meta, pick) for meta, pick in zip(media.metadata, plan.picks)]
-        result = _tokenize(text, spans, plan_shapes(media, plan), metadata, tokenizer, model_type, preset)
+        result = _tokenize(text, spans, plan_shapes(media, plan), metadata, tokenizer, model_type, preset, given_fps)
         smallest = len(result[0])
         if smallest <= max_length:
             logger.debug("%s: shrunk from %d to %d tokens", name, length, smallest)
