@@ -25,7 +25,7 @@ import numpy as np
 from ...errors import DecodeError
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
-from .pyav_index import FrameIndex, open_container, read_frame_index
+from .pyav_index import FrameIndex, decode_packet, open_container, read_frame_index
 from .pyav_index import import_av as _import_av, short_error as _short, video_stream as _video_stream
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class PyAVReader:
             stream.codec_context.thread_count = self.threads or granted
             codec = stream.codec_context
             wanted_set = set(wanted)
-            skip_unwanted = self.skip_nonref and self._index_of is not None
+            skip_index = self._index_of if self.skip_nonref else None
             skip_mode = "DEFAULT"
             pos = 0
             last = -1  # index of the last frame that came out of the decoder
@@ -111,16 +111,7 @@ class PyAVReader:
                 for packet in container.demux(stream):
                     if should_stop():
                         return
-                    if skip_unwanted:
-                        # a non-reference frame nobody wants need not be decoded at all
-                        mode = "DEFAULT" if packet.pts is None or self._index_of.get(packet.pts, -1) in wanted_set else "NONREF"
-                        if mode != skip_mode:
-                            codec.skip_frame = skip_mode = mode
-                    try:
-                        frames = codec.decode(packet)
-                    except av.FFmpegError as exc:
-                        logger.warning("%s: skipping undecodable packet: %s", self.path, _short(exc))
-                        continue
+                    frames, skip_mode = decode_packet(codec, packet, skip_mode, skip_index, wanted_set, self.path)
                     for frame in frames:
                         self.decoded += 1
                         idx = self._index_of.get(frame.pts) if self._index_of is not None else None
