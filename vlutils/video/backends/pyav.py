@@ -15,7 +15,6 @@ referenced decode exactly as usual (``VLUTILS_VIDEO_SKIP_NONREF=0`` turns this o
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import DecodeError
+from ..segments import keyframe_before
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
 from .pyav_index import FrameIndex, decode_packet, open_container, read_frame_index
@@ -175,10 +175,8 @@ class PyAVReader:
     @staticmethod
     def _seek_target(keyframes: list[int], target: int, last: int) -> int | None:
         """The keyframe before ``target`` when it lies beyond the next frame to decode."""
-        k = bisect.bisect_right(keyframes, target) - 1
-        if k >= 0 and keyframes[k] > last + 1:
-            return keyframes[k]
-        return None
+        key = keyframe_before(keyframes, target)  # 0 when none: never beyond last + 1 >= 0
+        return key if key > last + 1 else None
 
     def _converter(self, first, sink: FrameSink) -> Callable[[Any], np.ndarray]:
         """Frame -> display-oriented HWC uint8 RGB, scaled in FFmpeg when ``sink.fast_resize``."""
