@@ -25,7 +25,7 @@ from ...errors import DecodeError
 from ..segments import keyframe_before
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
-from .pyav_index import FrameIndex, decode_packet, open_container, read_frame_index
+from .pyav_index import FrameIndex, decode_packet, open_container, quarter_turns, read_frame_index
 from .pyav_index import import_av as _import_av, short_error as _short, video_stream as _video_stream
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class PyAVReader:
 
     def _converter(self, first, sink: FrameSink) -> Callable[[Any], np.ndarray]:
         """Frame -> display-oriented HWC uint8 RGB, scaled in FFmpeg when ``sink.fast_resize``."""
-        rotation = int(round((first.rotation or 0) / 90.0)) % 4  # counterclockwise quarter turns
+        rotation = quarter_turns(first)
         self.rotation = rotation * 90
         swap = rotation % 2 == 1
         height, width = (first.width, first.height) if swap else (first.height, first.width)

@@ -50,6 +50,11 @@ def video_stream(container):
     return container.streams.best("video") or container.streams.video[0]
 
 
+def quarter_turns(frame) -> int:
+    """The frame's display rotation in counterclockwise quarter turns (0-3)."""
+    return int(round((frame.rotation or 0) / 90.0)) % 4
+
+
 def decode_packet(codec, packet, skip_mode: str, index_of: dict[int, int] | None, wanted: set[int], path: str):
     """Decode one packet; returns ``(frames, skip_mode)``, the codec's ``skip_frame`` now.
 
