@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DecodeError
-from .backends.pyav_index import import_av, open_container, read_frame_index, short_error, video_stream
+from .backends.pyav_index import import_av, open_container, quarter_turns, read_frame_index, short_error, video_stream
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def read_video_header(path: str, source: Any = None) -> VideoHeader:
         container.close()
     if frame is None:
         raise DecodeError("the video stream has no frames", source)
-    rotation = int(round((frame.rotation or 0) / 90.0)) % 4
+    rotation = quarter_turns(frame)
     height, width = (frame.width, frame.height) if rotation % 2 else (frame.height, frame.width)
     probe = index.probe
     return VideoHeader(probe.total_frames, probe.fps, height, width, rotation * 90, index.method == "sample-table")

@@ -15,7 +15,6 @@ referenced decode exactly as usual (``VLUTILS_VIDEO_SKIP_NONREF=0`` turns this o
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -23,9 +22,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import DecodeError
+from ..segments import keyframe_before
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
-from .pyav_index import FrameIndex, open_container, read_frame_index
+from .pyav_index import FrameIndex, decode_packet, open_container, quarter_turns, read_frame_index
 from .pyav_index import import_av as _import_av, short_error as _short, video_stream as _video_stream
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class PyAVReader:
             stream.codec_context.thread_count = self.threads or granted
             codec = stream.codec_context
             wanted_set = set(wanted)
-            skip_unwanted = self.skip_nonref and self._index_of is not None
+            skip_index = self._index_of if self.skip_nonref else None
             skip_mode = "DEFAULT"
             pos = 0
             last = -1  # index of the last frame that came out of the decoder
@@ -111,16 +111,7 @@ class PyAVReader:
                 for packet in container.demux(stream):
                     if should_stop():
                         return
-                    if skip_unwanted:
-                        # a non-reference frame nobody wants need not be decoded at all
-                        mode = "DEFAULT" if packet.pts is None or self._index_of.get(packet.pts, -1) in wanted_set else "NONREF"
-                        if mode != skip_mode:
-                            codec.skip_frame = skip_mode = mode
-                    try:
-                        frames = codec.decode(packet)
-                    except av.FFmpegError as exc:
-                        logger.warning("%s: skipping undecodable packet: %s", self.path, _short(exc))
-                        continue
+                    frames, skip_mode = decode_packet(codec, packet, skip_mode, skip_index, wanted_set, self.path)
                     for frame in frames:
                         self.decoded += 1
                         idx = self._index_of.get(frame.pts) if self._index_of is not None else None
@@ -184,14 +175,12 @@ class PyAVReader:
     @staticmethod
     def _seek_target(keyframes: list[int], target: int, last: int) -> int | None:
         """The keyframe before ``target`` when it lies beyond the next frame to decode."""
-        k = bisect.bisect_right(keyframes, target) - 1
-        if k >= 0 and keyframes[k] > last + 1:
-            return keyframes[k]
-        return None
+        key = keyframe_before(keyframes, target)  # 0 when none: never beyond last + 1 >= 0
+        return key if key > last + 1 else None
 
     def _converter(self, first, sink: FrameSink) -> Callable[[Any], np.ndarray]:
         """Frame -> display-oriented HWC uint8 RGB, scaled in FFmpeg when ``sink.fast_resize``."""
-        rotation = int(round((first.rotation or 0) / 90.0)) % 4  # counterclockwise quarter turns
+        rotation = quarter_turns(first)
         self.rotation = rotation * 90
         swap = rotation % 2 == 1
         height, width = (first.width, first.height) if swap else (first.height, first.width)

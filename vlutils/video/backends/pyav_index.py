@@ -50,6 +50,28 @@ def video_stream(container):
     return container.streams.best("video") or container.streams.video[0]
 
 
+def quarter_turns(frame) -> int:
+    """The frame's display rotation in counterclockwise quarter turns (0-3)."""
+    return int(round((frame.rotation or 0) / 90.0)) % 4
+
+
+def decode_packet(codec, packet, skip_mode: str, index_of: dict[int, int] | None, wanted: set[int], path: str):
+    """Decode one packet; returns ``(frames, skip_mode)``, the codec's ``skip_frame`` now.
+
+    With ``index_of`` (skipping on), the packet of a frame not in ``wanted`` is sent with
+    ``skip_frame=NONREF``: a non-reference frame nobody wants need not be decoded at all.
+    An undecodable packet is logged and gives no frames."""
+    if index_of is not None:
+        mode = "DEFAULT" if packet.pts is None or index_of.get(packet.pts, -1) in wanted else "NONREF"
+        if mode != skip_mode:
+            codec.skip_frame = skip_mode = mode
+    try:
+        return codec.decode(packet), skip_mode
+    except import_av().FFmpegError as exc:
+        logger.warning("%s: skipping undecodable packet: %s", path, short_error(exc))
+        return (), skip_mode
+
+
 @dataclass
 class FrameIndex:
     """``probe`` plus the presentation timestamps in order (None when packets lack unique

@@ -14,20 +14,17 @@ with an unknown timestamp, a wanted frame the decoder never produced) raises
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING, Callable
 
 from ...errors import DecodeError
-from .pyav_index import FrameIndex, import_av, open_container, short_error, video_stream
+from .pyav_index import FrameIndex, decode_packet, import_av, open_container, short_error, video_stream
 from ..segments import Segment, plan_segments
 from ..threads import BUDGET, video_threads
 
 if TYPE_CHECKING:
     from .base import FrameSink
     from .pyav import PyAVReader
-
-logger = logging.getLogger(__name__)
 
 # containers whose seek lands exactly on the requested keyframe (by their index)
 EXACT_SEEK_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
@@ -131,7 +128,6 @@ def _worker(reader, index: FrameIndex, next_segment, codec_threads: int, sink, s
 def _decode_segment(reader, index: FrameIndex, container, stream, segment: Segment, fresh: bool, convert,
                     sink, stopped, stats: dict):
     """Seek to ``segment.start`` and deliver its frames; returns the frame converter."""
-    av = import_av()
     codec = stream.codec_context
     if segment.start > 0 or not fresh:
         container.seek(index.sorted_pts[segment.start], stream=stream, backward=True, any_frame=False)
@@ -140,23 +136,14 @@ def _decode_segment(reader, index: FrameIndex, container, stream, segment: Segme
     index_of = index.index_of
     wanted = segment.frames
     wanted_set = set(wanted)
-    skip_nonref = reader.skip_nonref
+    skip_index = index_of if reader.skip_nonref else None
     skip_mode = codec.skip_frame = "DEFAULT"
     pos = 0
     landed = False
     for packet in container.demux(stream):
         if stopped():
             raise _Stopped
-        if skip_nonref:
-            # a non-reference frame nobody wants need not be decoded at all
-            mode = "DEFAULT" if packet.pts is None or index_of.get(packet.pts, -1) in wanted_set else "NONREF"
-            if mode != skip_mode:
-                codec.skip_frame = skip_mode = mode
-        try:
-            frames = codec.decode(packet)
-        except av.FFmpegError as exc:
-            logger.warning("%s: skipping undecodable packet: %s", reader.path, short_error(exc))
-            continue
+        frames, skip_mode = decode_packet(codec, packet, skip_mode, skip_index, wanted_set, reader.path)
         for frame in frames:
             stats["decoded"] += 1
             idx = index_of.get(frame.pts)
