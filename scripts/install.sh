@@ -16,7 +16,7 @@ fi
 python3 -m venv .venv
 PIP=(.venv/bin/pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
-"${PIP[@]}" -e ".[test,model]" "torchcodec==0.16.0"
+"${PIP[@]}" -e ".[test,model,fast]" "torchcodec==0.16.0"
 if [ -x scripts/install_refs.sh ] || [ -f scripts/install_refs.sh ]; then
     bash scripts/install_refs.sh
 fi

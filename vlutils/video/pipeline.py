@@ -29,6 +29,7 @@ import torch
 
 from ..errors import DecodeError, DecodeTimeoutError, VisionInputError
 from .backends.base import Backend, Probe
+from . import resize_fast
 from .resize import resize_exact
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ class _DirectSink(_Sink):
                 size = self._size_fn(int(height), int(width))
                 self.video = torch.empty((self.count, 3, *size), dtype=self._dtype)
                 self.size = size
+                if not self.fast_resize:
+                    resize_fast.prepare_in_background(self.source_size, size, self.count)
             return self.size
 
     def put(self, index: int, frame: np.ndarray) -> None:
@@ -199,8 +202,10 @@ def decode_video(
                 for slot, index in enumerate(plan.indices):
                     slots.setdefault(index, []).append(slot)
             elif kind == "size":
-                _, _, (height, width) = item
+                _, source_size, (height, width) = item
                 video = torch.empty((len(plan.indices), 3, height, width), dtype=out_dtype)
+                if not fast_resize:
+                    resize_fast.prepare_in_background(source_size, (height, width), len(plan.indices))
             elif kind == "frame":
                 _, index, frame = item
                 while len(pending) >= MAX_PENDING:
@@ -273,20 +278,33 @@ def _single_thread_resize() -> None:
 
 
 def _store(video: torch.Tensor, slots: list[int], frame: np.ndarray, fast_resize: bool) -> int:
-    """Resize one HWC uint8 frame into every output slot that wants it."""
+    """Resize one HWC uint8 frame into every output slot that wants it.
+
+    Uses the compiled exact resize (:mod:`resize_fast`) once its plan for this size pair is
+    built and verified (it is built in the background; until then, and wherever it is not
+    available, torch's kernel gives the same values)."""
     if not slots:
         return 0
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise DecodeError(f"backend produced a frame of shape {frame.shape} and dtype {frame.dtype}")
     height, width = video.shape[-2:]
-    chw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # channels-last, as the reference
-    if fast_resize and tuple(chw.shape[-2:]) == (height, width):
-        resized = chw
-    elif len(slots) == 1 and video.dtype == torch.float32:
-        resize_exact(chw, height, width, out=video[slots[0] : slots[0] + 1])  # straight into the output
-        return 1
+    if fast_resize and tuple(frame.shape[:2]) == (height, width):
+        resized = torch.from_numpy(frame).permute(2, 0, 1)
     else:
-        resized = resize_exact(chw, height, width)
+        plan = resize_fast.ready(frame.shape[:2], (height, width))
+        if plan is not None:
+            direct = len(slots) == 1 and video.dtype in (torch.float32, torch.uint8)
+            target = video[slots[0]] if direct else torch.empty((3, height, width), dtype=torch.float32)
+            plan.resize_into(frame, target)
+            if direct:
+                return 1
+            resized = target
+        else:
+            chw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # channels-last, as the reference
+            if len(slots) == 1 and video.dtype == torch.float32:
+                resize_exact(chw, height, width, out=video[slots[0] : slots[0] + 1])  # straight into the output
+                return 1
+            resized = resize_exact(chw, height, width)[0]
     for slot in slots:
-        video[slot].copy_(resized[0])
+        video[slot].copy_(resized)
     return len(slots)
