@@ -87,14 +87,27 @@ def test_too_many_taps_and_switch_off(monkeypatch):
 
 
 def test_background_build_only_when_it_pays(monkeypatch):
+    """In a cold process numba is loaded only once enough output has gone through torch (one
+    long call, or many short ones); once loaded, each new size pair needs a few frames."""
     monkeypatch.setattr(resize_fast, "_plans", {})
+    monkeypatch.setattr(resize_fast, "_building", set())
+    monkeypatch.setattr(resize_fast, "_pixels_before_warm", 0)
     started = []
-    monkeypatch.setattr(resize_fast.threading, "Thread", lambda **kw: started.append(kw) or _NoThread())
+    monkeypatch.setattr(resize_fast.threading, "Thread", lambda **kw: started.append(kw["args"]) or _NoThread())
     monkeypatch.setattr(resize_fast, "_kernels", None)  # cold process: numba not loaded yet
     resize_fast.prepare_in_background((480, 854), (476, 854), 16)  # 16 frames: not worth loading numba
     assert not started
-    resize_fast.prepare_in_background((480, 854), (336, 644), 768)
+    resize_fast.prepare_in_background((480, 854), (336, 644), 768)  # a 10-minute video
+    assert started == [((480, 854), (336, 644))]
+    resize_fast.prepare_in_background((480, 854), (336, 644), 768)  # already being built
     assert len(started) == 1
+    monkeypatch.setattr(resize_fast, "_pixels_before_warm", 0)
+    for _ in range(2):  # 60-second clips: the second one crosses the threshold
+        resize_fast.prepare_in_background((480, 640), (476, 644), 120)
+    assert len(started) == 2
+    monkeypatch.setattr(resize_fast, "_kernels", object())  # loaded: a new size needs little
+    resize_fast.prepare_in_background((240, 320), (252, 336), 48)
+    assert len(started) == 3
 
 
 class _NoThread:

@@ -42,6 +42,19 @@ _lock = threading.Lock()
 _kernels: Any = None  # the resize_kernel module once imported, False if unavailable
 _fused: dict[str, dict[int, np.ndarray]] = {"h": {}, "v": {}}  # pass -> window size -> fused per tap
 _plans: dict[tuple[int, int, int, int], "FramePlan | None"] = {}
+_pixels_before_warm = 0  # output pixels resized by torch before numba was loaded
+_building: set[tuple[int, int, int, int]] = set()  # plans being built in the background
+
+
+def _after_fork_in_child() -> None:
+    """A build thread does not survive fork: forget it, and take a fresh lock."""
+    global _lock
+    _lock = threading.Lock()
+    _building.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enabled() -> bool:
@@ -359,14 +372,22 @@ NEW_SIZE_PIXELS = 4_000_000
 
 
 def prepare_in_background(src_hw: tuple[int, int], dst_hw: tuple[int, int], frames: int) -> None:
-    """Build the plan in a daemon thread when ``frames`` frames make it worth it; frames use
-    torch until :func:`ready` returns the plan."""
+    """Build the plan in a daemon thread once it pays off; frames use torch until :func:`ready`
+    returns it. Before numba is loaded, the output pixels of all calls so far count (a worker
+    that resizes many short clips warms up too)."""
+    global _pixels_before_warm
     key = (*src_hw, *dst_hw)
-    if key in _plans or not enabled() or src_hw == dst_hw or _kernels is False:
+    if key in _plans or key in _building or not enabled() or src_hw == dst_hw or _kernels is False:
         return
     pixels = frames * dst_hw[0] * dst_hw[1]
-    if pixels < (NEW_SIZE_PIXELS if _kernels else COLD_START_PIXELS):
-        return
+    if _kernels:
+        if pixels < NEW_SIZE_PIXELS:
+            return
+    else:
+        _pixels_before_warm += pixels
+        if _pixels_before_warm < COLD_START_PIXELS:
+            return
+    _building.add(key)
     threading.Thread(target=_build, args=(src_hw, dst_hw), name="vlutils-resize-plan", daemon=True).start()
 
 
@@ -374,4 +395,7 @@ def _build(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> None:
     """Thread target: one torch thread (OpenMP's setting is per thread), next to the decoders."""
     if "OpenMP" in torch.__config__.parallel_info():
         torch.set_num_threads(1)
-    frame_plan(src_hw, dst_hw)
+    try:
+        frame_plan(src_hw, dst_hw)
+    finally:
+        _building.discard((*src_hw, *dst_hw))

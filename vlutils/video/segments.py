@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-PIECES_PER_WORKER = 4  # more pieces than workers balance uneven GOPs and a busy machine
+PIECES_PER_WORKER = 12  # many pieces per worker: uneven GOPs and a busy machine still end together
 
 
 @dataclass

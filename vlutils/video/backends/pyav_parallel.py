@@ -64,7 +64,8 @@ def read_parallel(reader: "PyAVReader", index: FrameIndex, wanted: list[int], si
 
 def _run_workers(reader, index, segments, workers, codec_threads, sink, should_stop) -> None:
     lock = threading.Lock()
-    queue = iter(segments)
+    # longest first (LPT): the last segments handed out are short, so workers finish together
+    queue = iter(sorted(segments, key=lambda segment: -segment.cost))
     errors: list[BaseException] = []
     failed = threading.Event()
 
