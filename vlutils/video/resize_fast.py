@@ -275,7 +275,10 @@ class FramePlan:
         return buffers
 
     def _run(self, frame: np.ndarray, out: np.ndarray, raw: bool) -> None:
-        src = np.ascontiguousarray(frame).reshape(self.src_h, self.src_w * 3)
+        if frame.strides[1:] == (3, 1):  # HWC rows, maybe padded (decoders align rows): no copy
+            src = np.lib.stride_tricks.as_strided(frame, (self.src_h, self.src_w * 3), (frame.strides[0], 1))
+        else:
+            src = np.ascontiguousarray(frame).reshape(self.src_h, self.src_w * 3)
         self.kern.resize_frame(src, *self._scratch(), *self.tables, self.STRIP, raw, out)
 
     def resize_into(self, frame: np.ndarray, out: torch.Tensor) -> None:
