@@ -138,7 +138,8 @@ class TreeSampler:
 def child(runner: str, path: str, options: dict, warm: bool = False) -> dict:
     """Run one measurement in this (fresh) process and return its figures. The decoder
     library is imported before the clock starts (both sides import theirs lazily); ``warm``
-    times a second call, as in a long-lived worker (the first call is not measured)."""
+    times a third call, as in a long-lived worker (two calls first, and what they started in
+    the background finished)."""
     ele = {"video": path, **options}
     if runner.startswith("floor-ffmpeg"):
         ffmpeg = shutil.which("ffmpeg")
@@ -186,8 +187,14 @@ def child(runner: str, path: str, options: dict, warm: bool = False) -> dict:
         if runner.endswith("-fast"):
             kwargs["fast_resize"] = True
         call = lambda: fetch_video(ele, return_video_sample_fps=True, **kwargs)  # noqa: E731
-    if warm:
-        call()
+    if warm:  # steady state of a long-lived worker: earlier calls done, background work finished
+        import threading
+
+        for _ in range(2):
+            call()
+        for thread in threading.enumerate():
+            if thread.name.startswith("vlutils-resize-plan"):
+                thread.join()
     base_rss = peak_rss_mb()
     with TreeSampler() as tree:
         cpu = cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over all runners (interleaved, so a noisy spell hits all); the fastest is kept")
     parser.add_argument("--warm", action="store_true",
-                        help="time each runner's second call in its process (a long-lived worker), not the first")
+                        help="time a third call in each process (a long-lived worker), not the first")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
