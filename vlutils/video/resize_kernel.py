@@ -43,6 +43,26 @@ def horizontal_one(rows, idx, w, fused, out):
         out[r] = acc
 
 
+@njit(nogil=True, cache=True, inline="always")
+def weighted_rows(rows, base, k, weights, fused, acc, n):
+    """``acc[:n] = rows[base] * weights[0] + ... + rows[base + k - 1] * weights[k - 1]``, step by
+    step in float32 as torch does; ``fused[j]``: step j is one fused multiply-add. Whole rows
+    at a time, so the inner loops run over contiguous memory (SIMD)."""
+    src = rows[base]
+    w = weights[0]
+    for q in range(n):
+        acc[q] = np.float32(src[q]) * w
+    for j in range(1, k):
+        src = rows[base + j]
+        w = weights[j]
+        if fused[j]:
+            for q in range(n):
+                acc[q] = fma32(np.float32(src[q]), w, acc[q])
+        else:
+            for q in range(n):
+                acc[q] = acc[q] + np.float32(src[q]) * w
+
+
 @njit(nogil=True, cache=True)
 def resize_frame(frame, xt, strip_t, strip, acc, xmin, xsize, xw, xfused, ymin, ysize, yw, yfused, strip_width,
                  raw, out):
@@ -75,22 +95,8 @@ def resize_frame(frame, xt, strip_t, strip, acc, xmin, xsize, xw, xfused, ymin, 
     for i0 in range(0, out_w, strip_width):
         i1 = min(i0 + strip_width, out_w)
         for i in range(i0, i1):
-            row = strip_t[i - i0]
             k = xsize[i]
-            base = xmin[i]
-            src = xt[base]
-            w = xw[i, 0]
-            for q in range(n):
-                row[q] = np.float32(src[q]) * w
-            for j in range(1, k):
-                src = xt[base + j]
-                w = xw[i, j]
-                if xfused[k, j]:
-                    for q in range(n):
-                        row[q] = fma32(np.float32(src[q]), w, row[q])
-                else:
-                    for q in range(n):
-                        row[q] = row[q] + np.float32(src[q]) * w
+            weighted_rows(xt, xmin[i], k, xw[i], xfused[k], strip_t[i - i0], n)
         s = i1 - i0
         for r in range(height):
             dst = strip[r]
@@ -101,20 +107,7 @@ def resize_frame(frame, xt, strip_t, strip, acc, xmin, xsize, xw, xfused, ymin, 
         m = s * 3
         for r in range(out_h):
             k = ysize[r]
-            base = ymin[r]
-            src = strip[base]
-            w = yw[r, 0]
-            for q in range(m):
-                acc[q] = src[q] * w
-            for j in range(1, k):
-                src = strip[base + j]
-                w = yw[r, j]
-                if yfused[k, j]:
-                    for q in range(m):
-                        acc[q] = fma32(src[q], w, acc[q])
-                else:
-                    for q in range(m):
-                        acc[q] = acc[q] + src[q] * w
+            weighted_rows(strip, ymin[r], k, yw[r], yfused[k], acc, m)
             for c in range(3):
                 dst = out[c, r]
                 if raw:
@@ -131,21 +124,8 @@ def vertical_rows(h, ymin, ksize, vw, vfused, acc, out):
     ``vfused`` is indexed by (window size, tap). ``acc`` is a (Q,) float32 scratch row."""
     q_len = h.shape[1]
     for r in range(out.shape[0]):
-        y0 = ymin[r]
         k = ksize[r]
-        w0 = vw[r, 0]
-        src = h[y0]
-        for q in range(q_len):
-            acc[q] = src[q] * w0
-        for j in range(1, k):
-            src = h[y0 + j]
-            w = vw[r, j]
-            if vfused[k, j]:
-                for q in range(q_len):
-                    acc[q] = fma32(src[q], w, acc[q])
-            else:
-                for q in range(q_len):
-                    acc[q] = acc[q] + src[q] * w
+        weighted_rows(h, ymin[r], k, vw[r], vfused[k], acc, q_len)
         row = out[r]
         for q in range(q_len):
             row[q] = acc[q]
