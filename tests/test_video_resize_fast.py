@@ -15,7 +15,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from test_video_resize_sweep import EDGE_SIZES, _frames, _random_sizes
-from vlutils.video import resize_fast
+from vlutils.video import resize_fast, resize_taps
 
 pytest.importorskip("numba")
 
@@ -72,8 +72,8 @@ def test_mismatch_with_torch_leaves_the_size_on_torch(monkeypatch, caplog):
     """A wrong model of torch's arithmetic (every step fused) must fail verification: the size
     pair then stays on torch's kernel, and it says so in the log."""
     monkeypatch.setattr(resize_fast, "_plans", {})
-    monkeypatch.setattr(resize_fast, "_fused", {"h": {}, "v": {}})
-    monkeypatch.setattr(resize_fast, "_calibrate_horizontal", lambda plan, k, kern: np.arange(k) > 0)
+    monkeypatch.setattr(resize_taps, "_fused", {"h": {}, "v": {}})
+    monkeypatch.setattr(resize_taps, "_calibrate_horizontal", lambda plan, k, kern: np.arange(k) > 0)
     with caplog.at_level(logging.DEBUG, logger="vlutils.video.resize_fast"):
         assert resize_fast.frame_plan((480, 854), (336, 644)) is None
     assert "differs from torch" in caplog.text
