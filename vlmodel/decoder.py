@@ -31,24 +31,17 @@ import torch
 from torch import nn
 
 from .attention import Attention, attention_mask_for
-from .config import ConfigError, TextConfig
+from .config import TextConfig
+from .deltanet import build_mixer
 from .layers import MLP, RMSNorm
 from .moe import SparseMoE
 from .rotary import mrope_cos_sin, rope_tables
 
 
-def _linear_attention(cfg: TextConfig, layer: int) -> nn.Module:
-    try:
-        from .deltanet import build_mixer
-    except ImportError as exc:
-        raise ConfigError("layer_types 'linear_attention' needs vlmodel.deltanet (gated DeltaNet)") from exc
-    return build_mixer(cfg, layer)
-
-
 # layer type -> (module name in checkpoints, builder(cfg, layer))
 MIXERS: dict[str, tuple[str, Callable[[TextConfig, int], nn.Module]]] = {
     "full_attention": ("self_attn", Attention),
-    "linear_attention": ("linear_attn", _linear_attention),
+    "linear_attention": ("linear_attn", build_mixer),
 }
 
 
