@@ -22,19 +22,34 @@
 ``silent_server`` (session scope)
     ``http://127.0.0.1:PORT/`` of a TCP server that accepts connections and never
     sends a byte: requests against it must end in a read timeout.
+
+Before the first test, the fast resize kernels are compiled into numba's cache in a child
+process (``python -m vlutils.video.precompile``, as the install script does), so no test
+compiles them in the middle of a timed decode.
 """
 
 from __future__ import annotations
 
 import collections
 import http.server
+import importlib.util
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _numba_cache_ready():
+    if importlib.util.find_spec("numba") is not None:
+        subprocess.run([sys.executable, "-m", "vlutils.video.precompile"], check=True, capture_output=True,
+                       timeout=600)
+    yield
 
 
 class LoopbackHTTPServer:

@@ -219,3 +219,24 @@ def _build(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> None:
         frame_plan(src_hw, dst_hw)
     finally:
         _building.discard((*src_hw, *dst_hw))
+
+
+def compile_kernels() -> bool:
+    """Compile every kernel specialization the pipeline uses into numba's cache, now.
+
+    The first use after installing otherwise compiles them (about 4 s) in a background thread
+    of the first long call, where numba's compiler competes for the GIL with the decoders. Run
+    ``python -m vlutils.video.precompile`` once after installing (``scripts/install.sh``
+    does; in a container image, at build time). Returns False when numba is unavailable."""
+    kern = _load_kernels()
+    if not kern:
+        return False
+    plan = frame_plan((12, 20), (8, 28))
+    if plan is None:
+        return False
+    frame = np.zeros((12, 24, 3), np.uint8)
+    for rows in (np.ascontiguousarray(frame[:, :20]), frame[:, :20]):  # packed and padded decoder rows
+        for dtype in (torch.float32, torch.uint8):
+            plan.resize_into(rows, torch.empty((3, 8, 28), dtype=dtype))
+    return True
+
