@@ -173,7 +173,7 @@ def _calibrate_vertical(plan: AxisPlan, k: int, kern: Any) -> np.ndarray | None:
 def _sample_plan(k: int) -> AxisPlan | None:
     """A small axis (few inputs) that has windows of ``k`` taps: calibrating there costs little,
     and which steps are fused depends on the window size, not on the axis (verify() checks)."""
-    for n_in in range(2, 4 * k + 16):
+    for n_in in range(max(2, k - 4), 4 * k + 16):  # windows of k taps first appear near n_in = k
         for n_out in range(2, 13):
             if n_out != n_in:
                 plan = axis_plan(n_in, n_out)
