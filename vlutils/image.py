@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 # Same threshold at which Pillow raises DecompressionBombError (2x its warning limit).
 MAX_IMAGE_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 EXIF_ORIENTATION = 0x0112
+_EXIF_ORIENTATION = EXIF_ORIENTATION  # its name before it was public
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 

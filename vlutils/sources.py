@@ -536,3 +536,7 @@ def local_file(value: Any, settings: FetchSettings | None = None, suffix: str = 
     finally:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_looks_like_base64 = looks_like_base64

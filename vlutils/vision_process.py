@@ -96,3 +96,7 @@ def assemble(results: list[tuple[str, Any, Any]], return_video_kwargs: bool, ret
     if return_video_kwargs:
         return image_inputs, video_inputs, video_kwargs
     return image_inputs, video_inputs
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_fetch_one = fetch_one

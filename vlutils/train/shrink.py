@@ -176,3 +176,7 @@ def _resize(image: Any, target: tuple[int, int]) -> Any:
     y = y.clamp(0, 255).round().to(tensor.dtype)[0]
     return y if chw else y.permute(1, 2, 0).contiguous()
 
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_take_metadata = take_metadata

@@ -315,3 +315,7 @@ def _short_label(value: Any) -> str:
 
 
 __all__ = ["fetch_video", "read_video", "video_source", "video_timeout", "DEFAULT_TIMEOUT", "TIMEOUT_ENV"]
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_suffix = source_suffix

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backends import BACKENDS, Backend
+from .backends import Backend
 from .backends.decord import DecordBackend
 from .backends.pyav import PyAVBackend
 from .backends.torchcodec import TorchcodecBackend
