@@ -20,7 +20,8 @@ Adding a generation
    syntax are new, add the style name to ``base.py``'s lists and teach the one module that reads
    that fact (``vlutils.rope``, ``vlutils.inputs``, ``vlutils.grounding``) the new case.
 3. Import the module below and add it to ``_MODULES`` (its order is the order of every listing),
-   and add tests (``tests/test_families.py`` holds the registry's own).
+   add tests (``tests/test_families.py`` holds the registry's own), and paste the output of
+   ``python scripts/families_table.py`` into ``docs/development-families.md`` (a test compares).
 Nothing else lists model types; ``tests/test_families.py`` checks that no other module does.
 
 vlmodel
