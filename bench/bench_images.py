@@ -219,6 +219,8 @@ def main() -> None:
 
     import PIL
 
+    import vlutils
+
     rows, all_same = [], True
     for case in cases:
         timing = time_case(case, paths, args.reps)
@@ -241,7 +243,7 @@ def main() -> None:
         load = handle.read().split()[0]
     print(
         f"Machine: {machine()}, load average {load} at the end; Pillow {PIL.__version__}, "
-        f"vlutils {version('vlutils')}, qwen-vl-utils {version('qwen-vl-utils')}. "
+        f"vlutils {vlutils.__version__}, qwen-vl-utils {version('qwen-vl-utils')}. "
         f"Median wall (CPU) ms of {args.reps} interleaved calls after 1 warm-up; "
         "peak RSS = process high-water mark incl. imports, work = peak minus RSS before the call, "
         "each library in its own process. 'cores used' = vlutils CPU / wall time: about 2 on an idle "
