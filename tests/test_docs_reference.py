@@ -63,3 +63,18 @@ def test_every_cli_flag_is_documented(command: tuple[str, ...]) -> None:
     section = _section((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"), COMMANDS[command])
     missing = sorted(flag for flag in flags if f"`{flag}" not in section)
     assert not missing, f"{' '.join(command)}: flags missing from docs/cli.md: {missing}"
+
+
+def test_readme_links_exist() -> None:
+    """README.md is outside the MkDocs build, so its relative links are checked here."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"^[a-z]+://", t)]
+    assert local, "no relative link found: is the pattern still right?"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
+
+
+def test_readme_stays_a_front_door() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= 220, f"README.md has {lines} lines: move the manual into docs/"
