@@ -169,8 +169,8 @@ def test_collector_reads_markers_and_indented_fences() -> None:
     assert [(b.line, b.code, b.marker, b.reason) for b in blocks] == [
         (3, "x = 1\n", None, ""),
         (8, "import cuda\n", "skip", "needs a GPU"),
-        (13, "y = x + 1\n", "slow", ""),
-        (19, "z = 3\n", None, ""),
+        (14, "y = x + 1\n", "slow", ""),
+        (20, "z = 3\n", None, ""),
     ]
 
 
