@@ -57,7 +57,7 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
     try:
         from safetensors.torch import load_file
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("loading checkpoints needs the 'safetensors' package (pip install vlutils[model])") from exc
+        raise ImportError('loading checkpoints needs the safetensors package: pip install "qwenvl-kit[model]"') from exc
     tensors: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:

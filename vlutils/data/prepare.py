@@ -41,7 +41,7 @@ def require_extras(engine: str = "local") -> None:
                 missing.append(extra)
     if missing:
         raise InvalidSpecError(
-            f"dataset preparation needs {' and '.join(missing)} support: pip install \"vlutils[{','.join(missing)}]\"")
+            f"dataset preparation needs {' and '.join(missing)} support: pip install \"qwenvl-kit[{','.join(missing)}]\"")
 
 
 def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_length: int | None = None,
