@@ -87,14 +87,19 @@ def chart_model(rows: list[dict], source: Path, out_dir: Path) -> Path:
 
 def chart_video(results: dict, source: Path, out_dir: Path) -> Path:
     cases = list(results)
-    runners = sorted({r for case in cases for r in results[case]})
-    fig, ax = plt.subplots(figsize=(7, 0.7 * len(cases) * max(1, len(runners) / 2) + 1.4))
-    palette = [REFERENCE, OURS, "#7fb3d5", "#555555", "#e59866"]
-    series = {r: [results[c].get(r, {}).get("seconds", 0.0) for c in cases] for r in runners}
-    _bars(ax, cases, series, palette[: len(runners)], "{:.2f}")
-    ax.set_xlabel("seconds per call (lower is better)", fontsize=8)
-    fig.suptitle("Video: vlutils vs qwen-vl-utils", fontsize=10)
-    return _save(fig, out_dir / f"bench-{source.stem}.png", source, "fastest of the rounds per runner")
+    runners = sorted({r for case in cases for r in results[case] if "seconds" in results[case][r]})
+    palette = [REFERENCE, OURS, "#7fb3d5", "#555555", "#e59866"][: len(runners)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.5 * len(cases) * len(runners) + 1.6))
+    _bars(left, cases, {r: [results[c].get(r, {}).get("seconds", 0.0) for c in cases] for r in runners},
+          palette, "{:.1f}")
+    left.set_xlabel("wall seconds per call (lower is better)", fontsize=8)
+    _bars(right, [""] * len(cases), {r: [results[c].get(r, {}).get("cpu_s", 0.0) for c in cases] for r in runners},
+          palette, "{:.1f}")
+    right.set_xlabel("CPU seconds per call", fontsize=8)
+    fig.suptitle("Video: vlutils vs qwen-vl-utils (decord)", fontsize=10)
+    loads = [results[c][r].get("load") for c in cases for r in runners if results[c][r].get("load") is not None]
+    note = "fastest round per runner" + (f", load {min(loads):.0f}-{max(loads):.0f}" if loads else "")
+    return _save(fig, out_dir / f"bench-{source.stem}.png", source, note)
 
 
 def chart_train(data: dict, source: Path, out_dir: Path) -> Path:
