@@ -8,7 +8,8 @@ Rules (also in docs/development.md):
   reason (for code that needs a network, a cluster, a GPU or real weights);
 * a block preceded by ``<!-- docs-test: slow -->`` runs only in the slow selection
   (``-m slow``); the fast blocks of a page never depend on its slow blocks;
-* every page under docs/ is picked up on its own: adding a page needs no change here.
+* every page under docs/ is picked up on its own: adding a page needs no change here;
+* a block has 300 s (slow blocks 900 s), then fails with a TimeoutError naming it.
 
 Each block is one test item (``test_block[docs/page.md:LINE]``); selecting one block runs the
 blocks before it on the same page first, so any item can run alone.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -26,6 +28,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Generous limits (a loaded 2-core machine runs these several times slower than a quiet one):
+# a docs block that hangs fails with a TimeoutError instead of stopping the suite.
+BLOCK_SECONDS = {"fast": 300, "slow": 900}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
 MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>skip|slow)\b\s*(?:\((?P<reason>.*)\))?\s*-->\s*$")
 
@@ -117,16 +122,25 @@ _RUNS: dict[tuple[str, bool], _PageRun] = {}
 
 def _execute(block: Block, run: _PageRun) -> None:
     """Run one block in its page's namespace (cwd = repository root, repository first on sys.path)."""
+    limit = BLOCK_SECONDS["slow" if block.marker == "slow" else "fast"]
+
+    def over_time(signum, frame):
+        raise TimeoutError(f"{block.id}: still running after {limit} s")
+
     previous_cwd = os.getcwd()
     os.chdir(ROOT)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    previous_handler = signal.signal(signal.SIGALRM, over_time)
+    signal.alarm(limit)
     try:
         exec(compile(block.code, block.id, "exec"), run.namespace)  # noqa: S102 (running the docs is the point)
     except BaseException:
         run.failed[block.line] = traceback.format_exc(limit=-3)
         raise
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous_handler)
         run.done.add(block.line)
         os.chdir(previous_cwd)
 
@@ -181,6 +195,13 @@ def test_collector_refuses_a_skip_without_reason_and_an_open_fence() -> None:
         parse_blocks("```python\npass\n", "p.md")
     with pytest.raises(ValueError, match="python blocks only"):
         parse_blocks("<!-- docs-test: skip (x) -->\n```bash\nls\n```\n", "p.md")
+
+
+def test_a_block_that_hangs_fails_with_its_name(monkeypatch) -> None:
+    monkeypatch.setitem(BLOCK_SECONDS, "fast", 1)
+    block = Block("page.md", 7, "import time\nwhile True:\n    time.sleep(0.05)\n")
+    with pytest.raises(TimeoutError, match="page.md:7: still running after 1 s"):
+        _execute(block, _PageRun())
 
 
 def test_every_page_is_collected() -> None:
