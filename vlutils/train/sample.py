@@ -58,8 +58,8 @@ def build_sample(
     shifts). ``train_on="all"`` (default) trains every assistant turn, ``"last"`` only the last.
 
     Qwen3.5 / Qwen3.5-MoE: a labeled turn is everything the template renders after
-    ``<|im_start|>assistant\n``: for turns after the last user query that includes the thinking
-    block ``<think>\n{reasoning}\n</think>\n\n`` (the model writes it; an empty one when the
+    ``<|im_start|>assistant\\n``: for turns after the last user query that includes the thinking
+    block ``<think>\\n{reasoning}\\n</think>\\n\\n`` (the model writes it; an empty one when the
     turn has no reasoning); earlier turns are rendered without their reasoning, so only their
     reply is labeled. To train the reasoning of every turn, make one sample per turn.
 
