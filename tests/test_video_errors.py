@@ -197,12 +197,13 @@ def test_hanging_backend_stopped_by_time_limit(tmp_path, backend, monkeypatch):
             import psutil
 
             def decoder_children():
-                # multiprocessing's resource tracker is started on first use and stays: not ours;
-                # a killed child that is a zombie for a moment is not running either
+                # only decord's decoder children count: session fixtures run other children (a
+                # SeaweedFS server, multiprocessing's resource tracker); a killed child that is
+                # a zombie for a moment is not running either
                 alive = []
                 for child in psutil.Process().children():
                     try:
-                        if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+                        if child.status() != psutil.STATUS_ZOMBIE and "_decord_child" in " ".join(child.cmdline()):
                             alive.append(child)
                     except psutil.Error:
                         pass

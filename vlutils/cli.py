@@ -200,17 +200,17 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# Other commands are named without their flags: each documents its own (COMMAND -h).
 _COMMANDS = """commands:
-  vlutils MESSAGES.json [--json]     report every image and video of a messages file (this command)
-  vlutils prepare SPEC --out DIR ... prepare a dataset into resumable Parquet shards
-                                     (python -m vlutils prepare --help)
+  vlutils MESSAGES.json              report every image and video of a messages file (this command)
+  vlutils prepare SPEC ...           prepare a dataset into resumable Parquet shards
+                                     (vlutils prepare -h)
 
-other command lines of this package:
-  python -m vlutils.grounding IMAGE --model-type T --answer TEXT --out OUT.png
+other command lines of this package (each with -h):
+  python -m vlutils.grounding IMAGE ...
                                      draw a model's boxes and points, print them in pixels
   python -m vlutils.video.precompile compile the fast video resize once (after installing)
-  python -m vlmodel --model DIR --image PATH --prompt TEXT
-                                     chat with a checkpoint (the 'model' extra)
+  python -m vlmodel ...              chat with a checkpoint (the 'model' extra)
 
 "vlutils" is also "python -m vlutils"."""
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return prepare_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="vlutils", usage="vlutils [-h] MESSAGES.json [--json] [--image-patch-size N] [-v]\n"
-                              "       vlutils prepare SPEC --out DIR --tokenizer TOKENIZER [...]",
+                              "       vlutils prepare SPEC ... (vlutils prepare -h)",
         description=textwrap.fill(summary(__doc__) + " " + " ".join(plain(__doc__.split("\n\n")[1]).split()), 90),
         epilog=_COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("messages", metavar="MESSAGES.json",
