@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ AUTOAWQ = SRC / "autoawq-0.2.9" / "awq" / "utils" / "packing_utils.py"
 TEXT_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+# decoder linears in either spelling (model.layers.N... or model.language_model.layers.N...)
+TEXT_LINEAR = re.compile(r"^((?:model\.|model\.language_model\.)layers\.\d+\.((?:self_attn|mlp)\.[a-z]+_proj))\.weight$")
 
 
 def _load_source(name: str, path: Path):
@@ -72,7 +75,7 @@ def random_quantized(out: int, inp: int, bits: int, group: int, *, act_order: bo
         zeros = np.full((out, groups), top // 2)
     else:
         zeros = rng.integers(zero_low, top if zero_high is None else zero_high + 1, (out, groups))
-    spread = 0.25 / (top / 3.5)  # weights of about 0.25 standard deviation, like the float tests' 0.2 init
+    spread = 0.12 / (top / 3.5)  # weights of about 0.12 standard deviation (the float tests' 0.2 at half width)
     scales = torch.from_numpy(rng.uniform(0.5, 1.5, (out, groups)) * spread).half()
     g_idx = np.arange(inp) // size
     if act_order:  # GPTQ act-order: columns quantized in a permuted order, groups follow that order
@@ -195,17 +198,17 @@ def write_quantized(float_dir: str | Path, out_dir: str | Path, fmt: str, *, bit
     os.makedirs(out_dir, exist_ok=True)
     config = json.loads((float_dir / "config.json").read_text())
     state = {k: v.to(float_dtype) for k, v in load_file(float_dir / "model.safetensors").items()}
-    n_layers = config.get("num_hidden_layers") or config["text_config"]["num_hidden_layers"]
-    names = [f"model.layers.{i}.{layer}" for i in range(n_layers) for layer in layers]
+    names = sorted({m.group(1) for k in state if (m := TEXT_LINEAR.match(k)) and m.group(2) in layers})
     refs: dict[str, torch.Tensor] = {}
     for k, name in enumerate(names):
         out, inp = state[name + ".weight"].shape
         del state[name + ".weight"]
         if fmt == "gptq":
             q = random_quantized(out, inp, bits, group, act_order=act_order, sym=sym, seed=seed * 1000 + k,
-                                 zero_low=1, zero_high=1 << bits)  # v1 zero points span 1 .. 2**bits
+                                 zero_low=1 if v1 else 0, zero_high=(1 << bits) - (0 if v1 else 1))
+            # v1 stores zero - 1, so its zero points span 1 .. 2**bits; v2's span 0 .. 2**bits - 1
             t = gptq_tensors(q, v1=v1)
-            refs[name] = gptq_reference(gptq_tensors(q, v1=True), bits, q.group)
+            refs[name] = gptq_reference(gptq_tensors(q, v1=True), bits, q.group)  # AutoGPTQ reads v1 only
         elif fmt == "awq":
             q = random_quantized(out, inp, 4, group, seed=seed * 1000 + k)
             t = awq_tensors(q)

@@ -91,9 +91,14 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every :class:`QuantLinear` (also inside peft wrappers) by a float ``nn.Linear``, in place.
 
-    What LoRA merging needs: a float base to add ``B @ A`` to.  ``dtype`` defaults to each
-    layer's bias dtype (else its scales' dtype).
+    What LoRA merging needs: a float base to add ``B @ A`` to.  ``dtype`` defaults to the
+    dtype of the model's float (unquantized) parameters.
     """
-    for name, layer in list(quantized_layers(model).items()):
+    layers = quantized_layers(model)
+    if dtype is None:
+        inside = tuple(name + "." for name in layers)
+        dtype = next((p.dtype for n, p in model.named_parameters()
+                      if p.is_floating_point() and not n.startswith(inside)), torch.float32)
+    for name, layer in list(layers.items()):
         model.set_submodule(name, layer.to_linear(dtype))
     return model

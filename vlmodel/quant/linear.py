@@ -64,8 +64,8 @@ class UnpackedWeight:
 class QuantLinear(nn.Linear):
     """``y = x W^T + b`` with ``W`` kept packed; built from an :class:`UnpackedWeight`.
 
-    A subclass of ``nn.Linear`` without a ``weight`` so that code which looks for linear
-    layers (peft's LoRA) finds it; ``qweight`` holds the packed codes.  Use
+    A subclass of ``nn.Linear`` (without a float weight) so that code which looks for
+    linear layers (peft's LoRA) finds it; ``qweight`` holds the packed codes.  Use
     :meth:`dequantize` (or ``vlmodel.quant.dequantize_model``) for a float weight.
     """
 
@@ -105,16 +105,19 @@ class QuantLinear(nn.Linear):
         if self.bits == 8:
             return "bytes"
         kernel = (use_kernel and device.type == "cpu" and self.kernel_group and self.out_features % 16 == 0
-                  and self.in_features % 2 == 0 and cpu_int4_layout_ok())
+                  and self.in_features % self.group_size == 0 and cpu_int4_layout_ok())
         return "cpu_int4" if kernel else "nibbles"
 
-    def __getattr__(self, name: str):
-        if name == "weight":
-            raise AttributeError(
-                f"QuantLinear({self.in_features} -> {self.out_features}, {self.bits} bits) keeps its weight packed "
-                "and has no .weight; use .dequantize() or vlmodel.quant.dequantize_model(model)"
-            )
-        return super().__getattr__(name)
+    @property
+    def weight(self) -> torch.Tensor:
+        """The packed codes (``qweight``), not a float matrix.
+
+        Code that inspects a linear layer's ``weight`` for its device or type (peft) finds
+        the packed buffer here, as with other quantized layers; :meth:`dequantize` gives the
+        values.  Writing into it (peft's ``merge``) fails: merge into
+        ``vlmodel.quant.dequantize_model(model)`` instead.
+        """
+        return self.qweight
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
@@ -134,8 +137,7 @@ class QuantLinear(nn.Linear):
             if rows.device.type != "cpu":
                 raise RuntimeError("this QuantLinear was packed for torch's CPU int4 kernel; load the model with "
                                    "from_pretrained(..., device=...) to run it elsewhere")
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self.qweight, self.kernel_group,
-                                                           self._scales_and_offsets(rows.dtype))
+            y = _Int4Matmul.apply(rows.contiguous(), self)
         else:
             y = F.linear(rows, self._sorted_weight(rows.dtype))
         if self.bias is not None:
@@ -189,6 +191,21 @@ class QuantLinear(nn.Linear):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
+
+
+class _Int4Matmul(torch.autograd.Function):
+    """torch's CPU int4 matmul, with the input gradient (``grad @ W``, W dequantized for the
+    call) that it lacks: LoRA trains through a frozen packed layer."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, layer: "QuantLinear") -> torch.Tensor:
+        ctx.layer = layer
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, layer.qweight, layer.kernel_group,
+                                                          layer._scales_and_offsets(rows.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer._sorted_weight(grad.dtype), None
 
 
 def _kernel_group(group_size: int) -> int:
