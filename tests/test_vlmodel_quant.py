@@ -229,3 +229,48 @@ def test_quantized_tensors_on_a_non_linear(gptq_dir, tmp_path):
     bad = _copy(gptq_dir, tmp_path / "n", edit_tensors=move)
     with pytest.raises(ConfigError, match=r"model\.norm\.qweight: model\.norm is a RMSNorm, not a linear layer"):
         vlmodel.from_pretrained(bad)
+
+
+# ---- LoRA (peft) on a packed base -------------------------------------------------------------
+
+def test_lora_trains_saves_reloads_and_merges(gptq_dir, tmp_path):
+    """peft's usual CAUSAL_LM call wraps packed layers; the packed base stays frozen and unchanged."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from vlmodel.quant import dequantize_model
+
+    model = vlmodel.from_pretrained(gptq_dir, dtype=torch.float32)
+    packed_before = {n: m.qweight.clone() for n, m in quantized_layers(model).items()}
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    wrapped = [n for n, m in peft_model.named_modules() if n.endswith("q_proj") and hasattr(m, "lora_A")]
+    assert len(wrapped) == 2 and isinstance(peft_model.get_submodule(wrapped[0]).base_layer, QuantLinear)
+    ids = prompt([24], seed=1)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for n, m in quantized_layers(peft_model).items():
+        assert torch.equal(m.qweight, packed_before[n.replace("base_model.model.", "").replace(".base_layer", "")])
+    peft_model.eval()
+    with torch.no_grad():
+        trained = peft_model(input_ids=ids).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(vlmodel.from_pretrained(gptq_dir, dtype=torch.float32), tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, trained)
+    # merging needs a float base: dequantize the packed layers, then peft merges as usual
+    with pytest.raises(RuntimeError):
+        reloaded.merge_adapter()
+    dequantize_model(reloaded.base_model.model)
+    merged = reloaded.merge_and_unload()
+    assert not quantized_layers(merged)
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+    assert (got - trained).abs().max() <= 1e-4 * trained.abs().max()
