@@ -15,7 +15,9 @@ is its own:
 
 Reported: resident bytes of all weights and of the decoder linears (packed buffers count),
 peak RSS, prefill tokens/s (best of ``--runs``), decode tokens/s (``--new`` tokens after the
-prompt, best of ``--runs``), and ratios against fp32.  transformers has no CPU path for
+prompt, best of ``--runs``), and ratios against fp32.  ``--clock cpu`` (with ``--threads 1``)
+times the process's CPU seconds instead of wall-clock: on a machine shared with other jobs
+that is far less noisy, since time spent descheduled is not counted.  transformers has no CPU path for
 GPTQ/AWQ checkpoints (its integrations need GPTQModel/AutoAWQ kernels), so it is not in
 this table.
 """
@@ -50,7 +52,7 @@ def build(workdir: str, fmt: str, group: int) -> None:
     write_dequantized(os.path.join(workdir, "quant"), refs, os.path.join(workdir, "float"))
 
 
-def child(workdir: str, variant: str, runs: int, new: int) -> dict:
+def child(workdir: str, variant: str, runs: int, new: int, clock=time.perf_counter) -> dict:
     import vlmodel
     from _tiny_checkpoints import images, prompt
     from vlmodel.quant import quantized_layers
@@ -68,15 +70,15 @@ def child(workdir: str, variant: str, runs: int, new: int) -> dict:
     prefill, decode = [], []
     with torch.no_grad():
         for _ in range(runs):
-            t = time.perf_counter()
+            t = clock()
             model(ids, pixel_values=pv, image_grid_thw=grid, logits_to_keep=1)
-            prefill.append(ids.shape[1] / (time.perf_counter() - t))
-            t = time.perf_counter()
+            prefill.append(ids.shape[1] / (clock() - t))
+            t = clock()
             model.generate(text, max_new_tokens=1, stop_token_ids=[])
-            one = time.perf_counter() - t
-            t = time.perf_counter()
+            one = clock() - t
+            t = clock()
             model.generate(text, max_new_tokens=new + 1, stop_token_ids=[])
-            decode.append(new / max(time.perf_counter() - t - one, 1e-9))
+            decode.append(new / max(clock() - t - one, 1e-9))
     return {"variant": variant, "weights_mb": weights / 2**20, "decoder_linears_mb": linear_bytes / 2**20,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "prefill_tok_s": max(prefill), "decode_tok_s": max(decode), "prompt_tokens": ids.shape[1]}
@@ -88,21 +90,27 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new", type=int, default=32, help="decoded tokens per run")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--child", nargs=2, metavar=("WORKDIR", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.runs, args.new)))
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        print(json.dumps(child(args.child[0], args.child[1], args.runs, args.new, clock)))
         return
     with tempfile.TemporaryDirectory() as workdir:
         build(workdir, args.format, args.group)
         rows = []
         for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--child", workdir, variant, "--runs", str(args.runs),
-                                  "--new", str(args.new)], capture_output=True, text=True, check=True)
+                                  "--new", str(args.new), "--threads", str(args.threads), "--clock", args.clock],
+                                 capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
     print(f"format {args.format}, 4 bits, group {args.group}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, prompt {base['prompt_tokens']} tokens, {args.new} decoded")
+          f"{torch.get_num_threads()} threads, {args.clock} clock, prompt {base['prompt_tokens']} tokens, {args.new} decoded")
     print(f"{'variant':8} {'weights MB':>10} {'dec.lin MB':>10} {'peak RSS':>9} {'prefill t/s':>11} "
           f"{'decode t/s':>10} {'decode x fp32':>13} {'dec.lin x bf16':>14}")
     bf16 = rows[1]

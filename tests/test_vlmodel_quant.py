@@ -314,3 +314,33 @@ def test_qwen3_vl_quantized_matches_transformers(fmt, options, tmp_path):
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
     tokens = ours.generate(kw.pop("input_ids"), max_new_tokens=STEPS, stop_token_ids=[], **kw)
     assert tokens.tolist() == want[:, inp["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("options", [dict(bits=4, group=32), dict(bits=8, strategy="channel")],
+                         ids=["w4-group32", "w8-channel"])
+def test_compressed_tensors_matches_transformers_5(options, float_dirs, tmp_path):
+    """transformers 5.23 + compressed-tensors 0.20 run the same packed checkpoint on CPU.
+
+    Symmetric schemes only: 5.23 cannot load compressed-tensors 0.20's packed asymmetric zero
+    points (it expects them unpacked: a size-mismatch error), and its ignore list must use
+    the in-memory spelling (``re:.*visual.*``); vlmodel reads both (see the other tests).
+    """
+    from _refs import ROOT, run_python
+
+    write_quantized(float_dirs["qwen2_vl"], tmp_path / "q", "ct", sym=True, ignore_spelling="memory",
+                    float_dtype=torch.float32, **options)
+    inp = _inputs("qwen2_vl")
+    ids = inp["input_ids"]
+    cfg = vlmodel.ModelConfig.from_file(tmp_path / "q")
+    mm = (ids == cfg.image_token_id).long() + 2 * (ids == cfg.video_token_id).long()
+    torch.save({**inp, "mm_token_type_ids": mm, "greedy": STEPS}, tmp_path / "inputs.pt")  # 5.x wants these
+    run_python("tf523", [str(ROOT / "tests" / "reference_quant_runner.py"), str(tmp_path / "q"),
+                         str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")])
+    ref = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert ref["version"] == "5.23.0" and ref["layer_types"] == ["Linear", "Linear"]
+    ours = vlmodel.from_pretrained(tmp_path / "q", dtype=torch.float32)
+    with torch.no_grad():
+        got = ours(**inp).logits
+    assert (got - ref["logits"]).abs().max() <= 1e-4 * ref["logits"].abs().max()
+    tokens = ours.generate(**inp, max_new_tokens=STEPS, stop_token_ids=[])
+    assert tokens.tolist() == ref["tokens"].tolist()
