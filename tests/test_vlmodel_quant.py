@@ -152,6 +152,11 @@ def test_resident_bytes_and_layouts_at_realistic_width():
             tol = 1e-5 if dtype == torch.float32 else 3e-2
             assert (y.float() - ref).abs().max() <= tol * ref.abs().max(), (bits, group, dtype)
         assert layer.resident_bytes() == before <= (bits / 16 + 0.10) * 2 * n * n, (bits, group, before / (2 * n * n))
+        # the input gradient through the packed layer (what LoRA trains through) is grad @ W
+        rows = x.bfloat16().requires_grad_()
+        layer(rows).float().sum().backward()
+        want = w.dequantize().sum(0).expand(3, -1)
+        assert (rows.grad.float() - want).abs().max() <= 3e-2 * want.abs().max()
 
 
 def test_cpu_int4_layout_round_trip():
