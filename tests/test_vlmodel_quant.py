@@ -159,6 +159,24 @@ def test_resident_bytes_and_layouts_at_realistic_width():
         assert (rows.grad.float() - want).abs().max() <= 3e-2 * want.abs().max()
 
 
+def test_small_act_order_layer_stays_within_the_bound():
+    """Fixed costs (column permutation, bias) fit even a 32 x 64 layer (a tiny model's k_proj)."""
+    from vlmodel.quant import UnpackedWeight
+
+    g = torch.Generator().manual_seed(2)
+    index = torch.randperm(64, generator=g) // 32
+    w = UnpackedWeight(codes=torch.randint(0, 16, (32, 64), generator=g), scales=torch.rand(32, 2, generator=g).half(),
+                       zeros=torch.randint(0, 17, (32, 2), generator=g), bits=4, group_size=32, group_index=index,
+                       bias=torch.randn(32, generator=g).half())
+    layer = QuantLinear(w, bias_dtype=torch.float32)
+    assert layer.perm is not None and layer.layout == "cpu_int4"
+    assert layer.resident_bytes() <= 0.35 * 2 * 32 * 64
+    x = torch.randn(5, 64, generator=g)
+    ref = x @ w.dequantize().t() + w.bias.float()
+    assert torch.allclose(layer(x), ref, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(layer(x.bfloat16()).float(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+
+
 def test_cpu_int4_layout_round_trip():
     from vlmodel.quant.packing import cpu_int4_layout_ok, pack_cpu_int4, unpack_cpu_int4
 

@@ -80,8 +80,7 @@ class QuantLinear(nn.Linear):
         self.out_features, self.in_features = codes.shape
         self.bits = unpacked.bits
         self.group_size = unpacked.group_size
-        n_groups = unpacked.scales.shape[1]
-        group_index, perm = _sorted_groups(unpacked, n_groups)
+        group_index, perm = _sorted_groups(unpacked)
         if perm is not None:
             codes = codes[:, perm]
         self.kernel_group = _kernel_group(self.group_size) if group_index is None else 0
@@ -94,14 +93,20 @@ class QuantLinear(nn.Linear):
             packed = codes.to(torch.uint8)
         self.register_buffer("qweight", packed.to(device))
         self.register_buffer("scales", unpacked.scales.to(device).contiguous())
-        fits_byte = int(unpacked.zeros.min()) >= 0 and int(unpacked.zeros.max()) < 256  # v1 8-bit zeros reach 256
+        zeros = unpacked.zeros
+        if bool((zeros == zeros.reshape(-1)[0]).all()):  # symmetric: one zero point for all (broadcast)
+            zeros = zeros.reshape(-1)[:1].reshape(1, 1)
+        fits_byte = int(zeros.min()) >= 0 and int(zeros.max()) < 256  # v1 8-bit zeros reach 256
         zero_dtype = torch.uint8 if fits_byte else torch.int16
-        self.register_buffer("qzeros", unpacked.zeros.to(device=device, dtype=zero_dtype).contiguous())
-        self.register_buffer("perm", None if perm is None else perm.to(device=device, dtype=torch.int32))
-        self.register_buffer("g_idx", None if group_index is None else group_index.to(device=device, dtype=torch.int32))
+        self.register_buffer("qzeros", zeros.to(device=device, dtype=zero_dtype).contiguous())
+        # column indexes are small: int16 when they fit (small layers' fixed costs count), widened per call
+        index_dtype = torch.int16 if self.in_features <= 2**15 else torch.int32
+        self.register_buffer("perm", None if perm is None else perm.to(device=device, dtype=index_dtype))
+        self.register_buffer("g_idx", None if group_index is None else group_index.to(device=device, dtype=index_dtype))
         bias = unpacked.bias
-        if bias is not None:
-            bias = bias.to(device=device, dtype=bias_dtype or bias.dtype)
+        if bias is not None:  # the narrower of the stored and the requested dtype; cast per call
+            narrower = bias_dtype is not None and bias_dtype.itemsize < bias.dtype.itemsize
+            bias = bias.to(device=device, dtype=bias_dtype if narrower else bias.dtype)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def _choose_layout(self, device: torch.device, use_kernel: bool) -> str:
@@ -135,7 +140,7 @@ class QuantLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.perm is not None:
-            rows = rows.index_select(1, self.perm)
+            rows = rows.index_select(1, self.perm.int())
         if self.layout == "cpu_int4" and rows.dtype == torch.bfloat16 and rows.device.type == "cpu":
             rows = rows.contiguous()
             if torch.is_grad_enabled() and rows.requires_grad:
@@ -152,7 +157,7 @@ class QuantLinear(nn.Linear):
     def _scales_and_offsets(self, dtype: torch.dtype) -> torch.Tensor:
         """The kernel's (groups, out, 2) table: scale and ``(8 - zero) * scale`` per group."""
         scales = self.scales.to(dtype)
-        offsets = (8 - self.qzeros.to(dtype)) * scales
+        offsets = (8 - self.qzeros.to(dtype)) * scales  # (1, 1) zeros broadcast
         table = torch.stack([scales, offsets], dim=-1)  # (out, groups, 2)
         repeat = self.group_size // self.kernel_group
         if repeat > 1:  # e.g. per-channel scales (one group of in_features columns) as 128-column groups
@@ -177,7 +182,8 @@ class QuantLinear(nn.Linear):
             return w.view(self.out_features, self.in_features)
         groups = self.g_idx.long() if self.g_idx is not None else \
             torch.arange(self.in_features, device=codes.device) // self.group_size
-        return (codes - self.qzeros.to(dtype)[:, groups]) * self.scales.to(dtype)[:, groups]
+        zeros = self.qzeros.to(dtype).expand_as(self.scales)
+        return (codes - zeros[:, groups]) * self.scales.to(dtype)[:, groups]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The (out, in) weight in the checkpoint's column order (computed in float32, then cast)."""
@@ -218,7 +224,7 @@ def _kernel_group(group_size: int) -> int:
     return next((g for g in KERNEL_GROUPS if group_size % g == 0), 0)
 
 
-def _sorted_groups(unpacked: UnpackedWeight, n_groups: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _sorted_groups(unpacked: UnpackedWeight) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(irregular group index or None, column permutation or None) for an act-order weight.
 
     Columns sorted by group give contiguous groups when each group has ``group_size``
