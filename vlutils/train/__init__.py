@@ -5,11 +5,14 @@
 - :func:`collate`: samples -> one packed row with ``cu_seqlens``, or right-padded rows (``collate.py``);
 - :func:`pack`: two-budget bin packing (``packing.py``);
 - :class:`ConversationDataset` and :class:`BudgetBatchSampler` for a ``DataLoader`` (``dataset.py``,
-  ``sampler.py``).
+  ``sampler.py``);
+- :func:`num_label_tokens`, :func:`global_num_label_tokens`: the ``num_items_in_batch`` of a global
+  batch for the loss across micro-batches and ranks (``distributed.py``).
 """
 
 from .collate import Batch, collate, text_positions, to_transformers
 from .dataset import ConversationDataset, Skipped, read_skip_log
+from .distributed import global_num_label_tokens, num_label_tokens
 from .labels import IGNORE_INDEX
 from .packing import Bins, lower_bound, pack
 from .sample import build_sample
@@ -17,5 +20,5 @@ from .sampler import BudgetBatchSampler
 
 __all__ = [
     "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "Skipped", "build_sample",
-    "collate", "lower_bound", "pack", "read_skip_log", "text_positions", "to_transformers",
+    "collate", "global_num_label_tokens", "lower_bound", "num_label_tokens", "pack", "read_skip_log", "text_positions", "to_transformers",
 ]

@@ -1,0 +1,126 @@
+"""Loss normalisation across micro-batches and ranks (num_items_in_batch), filler batches for
+all-skipped samples, collate's key errors, and the DDP recipe of examples/ddp_train.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlutils.errors import InvalidOptionError
+from vlutils.train import Skipped, collate, global_num_label_tokens, num_label_tokens
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import ddp_train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ddp_train.tiny_model(seed=3)
+
+
+def _samples(model, n, seed, images=True):
+    gen = torch.Generator().manual_seed(seed)
+    return [ddp_train.make_sample(model, gen, (4, 6) if images and i % 2 == 0 else None) for i in range(n)]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_num_label_tokens_is_what_the_mean_divides_by(model, packed):
+    for seed in range(4):
+        batch = collate(_samples(model, 3, seed), packed=packed)
+        n = num_label_tokens(batch)
+        out_mean = model(**batch).loss
+        out_sum = model(**batch, num_items_in_batch=n).loss
+        torch.testing.assert_close(out_sum, out_mean, rtol=1e-6, atol=0)
+        # independent count: per-sample shifted labels (no seams inside one sample)
+        samples = _samples(model, 3, seed)
+        assert n == sum(int((s["labels"][1:] != -100).sum()) for s in samples)
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(model):
+    """sum over micro-batches of loss(num_items_in_batch=global count) == the mean loss of all
+    samples in one batch; gradients too (what DDP + accumulation needs)."""
+    samples = _samples(model, 6, seed=7)
+    micro = [collate(samples[:1]), collate(samples[1:4]), collate(samples[4:])]
+    n = global_num_label_tokens(micro)
+    assert int(n) == num_label_tokens(collate(samples))
+    model.zero_grad()
+    total = sum(model(**b, num_items_in_batch=n).loss for b in micro)
+    total.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    big = model(**collate(samples)).loss
+    big.backward()
+    torch.testing.assert_close(total.detach(), big.detach(), rtol=1e-5, atol=0)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    # the per-micro-batch mean (the old bug) is a different objective
+    with torch.no_grad():
+        wrong = sum(model(**b).loss for b in micro) / len(micro)
+    assert abs(float(wrong) - float(big.detach())) > 1e-4
+
+
+def test_num_items_in_batch_validated(model):
+    batch = collate(_samples(model, 2, seed=1))
+    with pytest.raises(ValueError, match="num_items_in_batch must be >= 1"):
+        model(**batch, num_items_in_batch=0)
+    with pytest.raises(TypeError, match="num_items_in_batch"):
+        model(**batch, num_items_in_batch=2.5)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_all_skipped_batch_is_a_filler_that_trains_nothing(model, packed):
+    skipped = [Skipped(4, "rec-4 (a.jsonl:5)", "DecodeError", "truncated"), None]
+    batch = collate(skipped, packed=packed, pad_token_id=0)
+    assert batch.filler and batch.skipped == [skipped[0]] and batch.dropped == 1
+    assert batch["input_ids"].shape == (1, 1) and num_label_tokens(batch) == 0
+    model.zero_grad()
+    loss = model(**batch, touch_vision=True).loss
+    assert float(loss) == 0.0
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name  # every parameter is in the graph (DDP needs no find_unused_parameters)
+        assert float(p.grad.abs().max()) == 0.0, name
+    # a global count of 0 (every rank got a filler) gives 0, not 0/0
+    assert float(model(**batch, num_items_in_batch=torch.tensor(0)).loss) == 0.0
+    assert not collate(_samples(model, 1, seed=2)).filler
+
+
+def test_text_only_batch_touch_vision(model):
+    batch = collate(_samples(model, 2, seed=3, images=False))
+    assert "pixel_values" not in batch
+    plain = model(**batch).loss
+    touched = model(**batch, touch_vision=True).loss
+    assert float(plain) == float(touched)
+    model.zero_grad()
+    touched.backward()
+    assert model.visual.patch_embed.proj.weight.grad is not None
+    assert float(model.visual.patch_embed.proj.weight.grad.abs().max()) == 0.0
+
+
+def test_collate_names_missing_keys(model):
+    sample = _samples(model, 1, seed=4)[0]
+    stripped = {k: v for k, v in sample.items() if k not in ("pixel_values", "position_ids")}
+    with pytest.raises(InvalidOptionError) as info:
+        collate([sample, stripped])
+    message = str(info.value)
+    assert "sample 1 is missing 'position_ids', 'pixel_values'" in message
+    assert "remove_unused_columns=False" in message
+    with pytest.raises(InvalidOptionError, match="missing 'input_ids'"):
+        collate([{"labels": sample["labels"]}])
+    with pytest.raises(InvalidOptionError, match="at least one sample"):
+        collate([])
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_equal_one_process_accumulating():
+    """examples/ddp_train.py: 2 gloo ranks x 2 micro-batches, 3 steps, a text-only rank and a filler
+    batch, parameters equal (1e-5 relative) to one process accumulating the same global batches."""
+    ref = ddp_train.train_reference(steps=3, world=2, accum=2, lr=0.5)
+    ddp = ddp_train.train_ddp(steps=3, world=2, accum=2, lr=0.5)
+    moved, _ = ddp_train.max_relative_difference(ref, ddp_train.tiny_model().state_dict())
+    assert moved > 1e-2  # training did something
+    diff, name = ddp_train.max_relative_difference(ddp, ref)
+    assert diff <= 1e-5, (diff, name)
