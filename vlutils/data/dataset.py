@@ -161,7 +161,10 @@ class PreparedDataset(torch.utils.data.Dataset):
                 while chunk := source.read(8 << 20):
                     out.write(chunk)
 
-        return self._shard_cache.open(f"{self._cache_prefix}-{name}", self._file_sizes[shard], fetch)
+        import pyarrow
+
+        return self._shard_cache.open(f"{self._cache_prefix}-{name}", self._file_sizes[shard], fetch,
+                                      opener=pyarrow.OSFile)  # native reads, as for local shards
 
     def _close_readers(self) -> None:
         for reader in self._readers.values():

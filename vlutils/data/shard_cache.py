@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ __all__ = ["CacheError", "ShardCache", "default_cache_dir"]
 LOCK = ".lock"
 PARTIAL = ".partial"
 POLL_SECONDS = 0.05
+
+
+def _open_binary(path: str) -> BinaryIO:
+    return open(path, "rb")
 
 
 class CacheError(OSError):
@@ -69,11 +73,14 @@ class ShardCache:
         except OSError as exc:
             raise CacheError(f"cache directory {directory}: cannot create it ({exc.strerror})") from None
 
-    def open(self, key: str, size: int, fetch: Callable[[BinaryIO], None]) -> BinaryIO:
+    def open(self, key: str, size: int, fetch: Callable[[BinaryIO], None],
+             opener: Callable[[str], Any] = _open_binary) -> Any:
         """The cached file ``key`` opened for reading; fetched first when missing.
 
         ``size``: the file's exact size in bytes (the reservation, and the check of what was fetched).
-        ``fetch(out)`` writes the file's bytes to ``out`` from offset 0.
+        ``fetch(out)`` writes the file's bytes to ``out`` from offset 0. ``opener(path)`` opens the
+        cached file (default: ``open(path, "rb")``; e.g. ``pyarrow.OSFile`` for native reads); it is
+        called under the lock, so the file cannot be evicted before it is open.
         """
         if "/" in key or key.startswith(".") or key.endswith(PARTIAL):
             raise ValueError(f"cache key {key!r}: must be a plain file name")
@@ -82,7 +89,7 @@ class ShardCache:
         deadline = time.monotonic() + self.wait_seconds
         while True:
             with self._locked():
-                handle = self._open_cached(final, size)
+                handle = self._open_cached(final, size, opener)
                 if handle is not None:
                     return handle
                 if not self._in_flight(partial) and self._make_room(size, exclude=partial):
@@ -101,7 +108,7 @@ class ShardCache:
                 raise CacheError(f"{key}: fetched {written} bytes, expected {size} (changed while reading?)")
             with self._locked():
                 os.replace(partial, final)
-                handle = self._open_cached(final, size)
+                handle = self._open_cached(final, size, opener)
             if handle is None:
                 raise CacheError(f"{key}: vanished from {self.directory} right after it was fetched")
             return handle
@@ -126,16 +133,16 @@ class ShardCache:
         finally:
             os.close(fd)
 
-    def _open_cached(self, final: str, size: int) -> BinaryIO | None:
+    def _open_cached(self, final: str, size: int, opener: Callable[[str], Any]) -> Any:
         try:
-            handle = open(final, "rb")
+            actual = os.stat(final).st_size
         except FileNotFoundError:
             return None
-        if os.fstat(handle.fileno()).st_size != size:  # torn by a crash of the machine, or a stale copy
-            handle.close()
-            logger.warning("%s: wrong size in the cache, fetching it again", final)
+        if actual != size:  # torn by a crash of the machine, or a stale copy
+            logger.warning("%s: %d bytes in the cache, expected %d; fetching it again", final, actual, size)
             _unlink(final)
             return None
+        handle = opener(final)
         os.utime(final)  # most recently used
         return handle
 
