@@ -37,6 +37,9 @@ class Output:
 class VLModel(nn.Module):
     """Every family; what differs is in ``config`` (see ``vlmodel.config``)."""
 
+    # transformers' Trainer passes num_items_in_batch (the global label count) to a forward that accepts it
+    accepts_loss_kwargs = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

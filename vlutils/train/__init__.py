@@ -7,18 +7,22 @@
 - :class:`ConversationDataset` and :class:`BudgetBatchSampler` for a ``DataLoader`` (``dataset.py``,
   ``sampler.py``);
 - :func:`num_label_tokens`, :func:`global_num_label_tokens`: the ``num_items_in_batch`` of a global
-  batch for the loss across micro-batches and ranks (``distributed.py``).
+  batch for the loss across micro-batches and ranks (``distributed.py``);
+- :class:`VLTrainerMixin`, :func:`trainer_class`, :func:`index_dataset`, :class:`IndexCollator`: transformers'
+  ``Trainer`` and TRL's ``SFTTrainer`` with budget batch samplers and packed rows (``hf_trainer.py``).
 """
 
 from .collate import Batch, collate, text_positions, to_transformers
 from .dataset import ConversationDataset, Skipped, read_skip_log
 from .distributed import global_num_label_tokens, num_label_tokens
+from .hf_trainer import EpochDataLoader, IndexCollator, VLTrainerMixin, index_dataset, trainer_class
 from .labels import IGNORE_INDEX
 from .packing import Bins, lower_bound, pack
 from .sample import build_sample
 from .sampler import BudgetBatchSampler
 
 __all__ = [
-    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "Skipped", "build_sample",
+    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "EpochDataLoader", "IndexCollator",
+    "Skipped", "VLTrainerMixin", "build_sample", "index_dataset", "trainer_class",
     "collate", "global_num_label_tokens", "lower_bound", "num_label_tokens", "pack", "read_skip_log", "text_positions", "to_transformers",
 ]
