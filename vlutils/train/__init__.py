@@ -5,7 +5,9 @@
 - :func:`collate`: samples -> one packed row with ``cu_seqlens``, or right-padded rows (``collate.py``);
 - :func:`pack`: two-budget bin packing (``packing.py``);
 - :class:`ConversationDataset` and :class:`BudgetBatchSampler` for a ``DataLoader`` (``dataset.py``,
-  ``sampler.py``).
+  ``sampler.py``): budget batches for one process or every rank of a data-parallel job, mixture
+  weights (``mixture.py``), rank balancing (``plan.py``), exact and elastic resume (``resume.py``);
+- :class:`SizeTable`: ``dataset.sizes`` of both datasets (``sizes.py``).
 """
 
 from .collate import Batch, collate, text_positions, to_transformers
@@ -13,9 +15,12 @@ from .dataset import ConversationDataset, Skipped, read_skip_log
 from .labels import IGNORE_INDEX
 from .packing import Bins, lower_bound, pack
 from .sample import build_sample
+from .plan import CostModel
 from .sampler import BudgetBatchSampler
+from .sizes import SizeTable
 
 __all__ = [
-    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "Skipped", "build_sample",
-    "collate", "lower_bound", "pack", "read_skip_log", "text_positions", "to_transformers",
+    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "CostModel", "SizeTable",
+    "Skipped", "build_sample", "collate", "lower_bound", "pack", "read_skip_log", "text_positions",
+    "to_transformers",
 ]
