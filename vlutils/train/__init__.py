@@ -16,11 +16,12 @@ from .labels import IGNORE_INDEX
 from .packing import Bins, lower_bound, pack
 from .sample import build_sample
 from .plan import CostModel
+from .resume import ResumableLoader, sampler_state
 from .sampler import BudgetBatchSampler
 from .sizes import SizeTable
 
 __all__ = [
-    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "CostModel", "SizeTable",
-    "Skipped", "build_sample", "collate", "lower_bound", "pack", "read_skip_log", "text_positions",
-    "to_transformers",
+    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "CostModel", "ResumableLoader",
+    "SizeTable", "Skipped", "build_sample", "collate", "lower_bound", "pack", "read_skip_log", "sampler_state",
+    "text_positions", "to_transformers",
 ]

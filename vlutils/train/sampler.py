@@ -123,6 +123,9 @@ class BudgetBatchSampler(Sampler[list[int]]):
         self._sizes, self._valid = _size_arrays(sizes)
         self._check_budgets()
         self._source, self.source_names = _source_numbers(sources, len(self._sizes))
+        if weights is not None and not isinstance(weights, Mapping) and not isinstance(self.source_names[0], str):
+            weights = list(weights)  # a weight per source number: sources without samples may have one
+            self.source_names = list(range(max(len(self.source_names), len(weights))))
         self.weights = mixture.source_weights(weights, len(self.source_names), self.source_names)
         self._available = np.bincount(self._source[self._valid], minlength=len(self.source_names))
         self.counts = mixture.source_counts(self._available, self.weights, weights_mode, epoch_size)
@@ -207,11 +210,21 @@ class BudgetBatchSampler(Sampler[list[int]]):
 
     # ---- state ----------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        """Where the epoch stands: a small dict (no per-sample lists), the same on every rank."""
+    @property
+    def start_step(self) -> int:
+        """The step the next ``iter()`` starts at (0, or a position restored by :meth:`load_state_dict`)."""
+        return self._start
+
+    def state_dict(self, step: int | None = None) -> dict:
+        """Where the epoch stands: a small dict (no per-sample lists), the same on every rank.
+
+        ``step``: the steps of the current epoch (part) consumed; default: the batches this
+        sampler has handed out, which a prefetching ``DataLoader`` takes ahead of the training loop
+        (torchdata's ``StatefulDataLoader`` and :class:`~vlutils.train.ResumableLoader` account for
+        that; with a plain ``DataLoader`` pass the loop's count)."""
+        step = self._position if step is None else _check_int("step", step, 0)
         return {"format": STATE_FORMAT, "seed": self.seed, "epoch": self.epoch, "world_size": self.world_size,
-                "step": self._position, "history": [list(h) for h in self._history],
-                "fingerprint": self._fingerprint}
+                "step": step, "history": [list(h) for h in self._history], "fingerprint": self._fingerprint}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state`` at the next ``iter()``: the batches after ``state["step"]``
@@ -285,7 +298,7 @@ def _size_arrays(sizes: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _source_numbers(sources: Any, count: int) -> tuple[np.ndarray, list]:
     """(source number per index, name of each number); names are sorted when strings are given."""
-    if sources is None:
+    if sources is None or count == 0:
         return np.zeros(count, dtype=np.int64), [0]
     array = np.asarray(sources)
     if array.shape != (count,):
