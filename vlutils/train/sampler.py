@@ -186,17 +186,20 @@ class BudgetBatchSampler(Sampler[list[int]]):
     # ---- iteration ------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[list[int]]:
+        self._position = self._start  # what state_dict() reports until the first batch
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[int]]:
+        # The restored position is taken when the first batch is drawn, not at iter(): a DataLoader
+        # with workers calls iter() twice and uses the second iterator.
         plan = self.plan()
         start = min(self._start, plan.num_steps)
-        self._start = 0  # a restored position applies to one iteration
+        self._start = 0  # a restored position applies to one pass
         self._position = start
         if self.epoch in self._iterated and start == 0 and self.shuffle:
             logger.warning("BudgetBatchSampler: epoch %d iterated again; call set_epoch(epoch) every epoch for a "
                            "new order", self.epoch)
         self._iterated.add(self.epoch)
-        return self._batches(plan, start)
-
-    def _batches(self, plan: EpochPlan, start: int) -> Iterator[list[int]]:
         items, offsets = plan.batches.items, plan.batches.offsets
         for step in range(start, plan.num_steps):
             batch = items[offsets[step]:offsets[step + 1]].tolist()
