@@ -86,7 +86,8 @@ def test_items_bit_identical_to_build_sample_on_raw_records(mixture):
     for source, index, line, path in _raw_records(spec_path):
         if (source.name, index) not in rejected:
             expected_keys.append((source.name, index, line, path, source))
-    assert [(s, i) for s, i, *_ in expected_keys] == list(zip(dataset.sources, dataset.indices))
+    names = [dataset.source_names[s] for s in dataset.sources]
+    assert [(s, i) for s, i, *_ in expected_keys] == list(zip(names, dataset.indices))
     for position, (name, index, line, path, source) in enumerate(expected_keys):
         item = dataset[position]
         want = build_sample(parse_record(line, source, path), tokenizer, "qwen2_5_vl", max_length=2048, truncation="drop")
@@ -163,7 +164,8 @@ def test_dataloader_workers(mixture, context="fork"):
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=_first,
                                          multiprocessing_context=context)
     items = list(loader)
-    assert [(i["source"], i["index"]) for i in items] == list(zip(dataset.sources, dataset.indices))
+    names = [dataset.source_names[s] for s in dataset.sources]
+    assert [(i["source"], i["index"]) for i in items] == list(zip(names, dataset.indices))
     for position in (0, 7, 17):
         direct = dataset[position]
         for key, value in direct.items():
@@ -269,7 +271,8 @@ def test_single_jsonl_spec_detects_each_records_format(mixture, tmp_path):
     manifest = prepare(str(data), str(tmp_path / "out"), str(tokenizer), model_type="qwen2_vl", workers=1)
     assert manifest["counts"]["samples"] == 3 and manifest["counts"]["rejected"] == 0
     dataset = PreparedDataset(str(tmp_path / "out"))
-    assert dataset.sources == ["single"] * 3 and dataset.indices == [0, 1, 2]
+    assert dataset.source_names == ["single"] and dataset.sources.tolist() == [0, 0, 0]
+    assert dataset.indices == [0, 1, 2]
     assert all(item["image_grid_thw"].shape == (1, 3) for item in (dataset[0], dataset[1], dataset[2]))
 
 

@@ -2,8 +2,10 @@
 
 Items are read one Parquet row group at a time (about 1 MiB of media, see :mod:`vlutils.data.shards`), the
 stored uint8 media are patchified again, and the result is bit-identical to building the
-sample from the raw record. ``sizes`` come from two small columns, without touching pixels,
-for ``vlutils.train.pack`` and budget samplers. Safe in DataLoader workers (fork or spawn):
+sample from the raw record. ``sizes`` (a :class:`~vlutils.train.SizeTable`) come from two small
+columns, without touching pixels, for ``vlutils.train.pack`` and budget samplers; ``sources``
+gives each sample's source number (spec order; names in ``source_names``) and ``source_weights``
+the manifest's weight of each source, for ``BudgetBatchSampler(sources=..., weights=...)``. Safe in DataLoader workers (fork or spawn):
 files are opened lazily per process.
 
 The folder may be local, a ``file://`` URI or an ``s3://`` URI (:mod:`vlutils.storage`, with the
@@ -20,9 +22,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
+import numpy as np
 import torch.utils.data
 
 from ..errors import InvalidSpecError
+from ..train.sizes import SizeTable
 from . import shards
 from .rows import decode_row
 from .shard_cache import ShardCache, default_cache_dir
@@ -97,8 +101,19 @@ class PreparedDataset(torch.utils.data.Dataset):
             tokens += table.column("num_tokens").to_pylist()
             patches += table.column("num_patches").to_pylist()
         self._length = total
-        self.sources, self.indices = sources, indices
-        self.sizes: list[tuple[int, int]] = list(zip(tokens, patches))
+        spec_sources = self.manifest["spec"].get("sources") or []
+        self.source_names: list[str] = [s["name"] for s in spec_sources]
+        self.source_weights: list[float] = [float(s.get("weight", 1.0)) for s in spec_sources]
+        number = {name: i for i, name in enumerate(self.source_names)}
+        for name in sorted(set(sources) - set(number)):  # not in the spec (should not happen): numbered after
+            number[name] = len(self.source_names)
+            self.source_names.append(name)
+            self.source_weights.append(1.0)
+        self._sources = np.array([number[name] for name in sources], dtype=np.int64)
+        self._sources.setflags(write=False)
+        self.indices = indices
+        self._sizes = SizeTable(np.column_stack([np.asarray(tokens, dtype=np.int64),
+                                                 np.asarray(patches, dtype=np.int64)]))
         self._cache: tuple[int, int, Any] | None = None
         self._readers: dict[int, Any] = {}
         self._groups: dict[int, list[int]] = {}
@@ -106,6 +121,17 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self._length
+
+    @property
+    def sizes(self) -> SizeTable:
+        """``(num_tokens, num_patches)`` of every sample (``sizes[i]`` is a tuple; ``np.asarray`` gives
+        the ``(N, 2)`` array without a copy)."""
+        return self._sizes
+
+    @property
+    def sources(self) -> np.ndarray:
+        """The source number of every sample (int64; the name is ``source_names[sources[i]]``)."""
+        return self._sources
 
     def __getitem__(self, i: int) -> dict:
         return decode_row(self._row(i), self.preset)

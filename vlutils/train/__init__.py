@@ -5,7 +5,9 @@
 - :func:`collate`: samples -> one packed row with ``cu_seqlens``, or right-padded rows (``collate.py``);
 - :func:`pack`: two-budget bin packing (``packing.py``);
 - :class:`ConversationDataset` and :class:`BudgetBatchSampler` for a ``DataLoader`` (``dataset.py``,
-  ``sampler.py``);
+  ``sampler.py``): budget batches for one process or every rank of a data-parallel job, mixture
+  weights (``mixture.py``), rank balancing (``plan.py``), exact and elastic resume (``resume.py``);
+- :class:`SizeTable`: ``dataset.sizes`` of both datasets (``sizes.py``);
 - :func:`num_label_tokens`, :func:`global_num_label_tokens`: the ``num_items_in_batch`` of a global
   batch for the loss across micro-batches and ranks (``distributed.py``);
 - :class:`VLTrainerMixin`, :func:`trainer_class`, :func:`index_dataset`, :class:`IndexCollator`: transformers'
@@ -19,10 +21,14 @@ from .hf_trainer import EpochDataLoader, IndexCollator, VLTrainerMixin, index_da
 from .labels import IGNORE_INDEX
 from .packing import Bins, lower_bound, pack
 from .sample import build_sample
+from .plan import CostModel
+from .resume import ResumableLoader, sampler_state
 from .sampler import BudgetBatchSampler
+from .sizes import SizeTable
 
 __all__ = [
-    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "EpochDataLoader", "IndexCollator",
-    "Skipped", "VLTrainerMixin", "build_sample", "index_dataset", "trainer_class",
-    "collate", "global_num_label_tokens", "lower_bound", "num_label_tokens", "pack", "read_skip_log", "text_positions", "to_transformers",
+    "IGNORE_INDEX", "Batch", "Bins", "BudgetBatchSampler", "ConversationDataset", "CostModel", "EpochDataLoader",
+    "IndexCollator", "ResumableLoader", "SizeTable", "Skipped", "VLTrainerMixin", "build_sample", "collate",
+    "global_num_label_tokens", "index_dataset", "lower_bound", "num_label_tokens", "pack", "read_skip_log",
+    "sampler_state", "text_positions", "to_transformers", "trainer_class",
 ]
