@@ -2,22 +2,29 @@
 
     python examples/ddp_train.py [--world-size 2] [--steps 3] [--accum 2] [--find-unused-parameters]
 
-Each optimizer step has a global batch: ``world_size`` ranks x ``accum`` micro-batches (packed rows
-from ``vlutils.train.collate``). Rank 1's first micro-batches are text-only, so the vision tower
-gets no gradient there, and one micro-batch holds only skipped samples (a filler batch).
-Two runs from the same initial weights:
+The recipe, on every rank:
 
-- DDP: ``world_size`` processes (``torch.multiprocessing.spawn``, gloo), each calling
-  ``model(**batch, num_items_in_batch=n, touch_vision=True)`` with ``n`` the label tokens of the
-  whole global batch (``global_num_label_tokens``: one all_reduce per step) and scaling the loss by
-  ``world_size`` (DDP averages gradients); ``no_sync`` on all but the last micro-batch;
-- reference: one process running every micro-batch of every rank with the same ``n`` and one
-  optimizer step per global batch.
+- ``BudgetBatchSampler(sizes, max_tokens, rank=rank, world_size=world_size, shuffle=True)``: this
+  rank's budget batches; every rank gets the same number, so no rank waits for a collective
+  that another never reaches (per-rank samplers over a ``DistributedSampler`` split do not);
+- ``DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)``: packed rows; a batch
+  whose samples were all skipped comes out as a one-token filler (no labels), so this rank
+  still runs forward and backward and joins the gradient all-reduce;
+- per optimizer step, ``accum`` micro-batches; ``n = global_num_label_tokens(micro_batches)``
+  (one all_reduce: the label tokens of the whole global batch); each micro-batch runs
+  ``model(**batch, num_items_in_batch=n, touch_vision=True)`` and backpropagates
+  ``loss * world_size`` (DDP averages gradients over ranks; the loss is already the global
+  mean's share), ``no_sync`` on all but the last micro-batch.
 
-The script exits 0 when every parameter matches (float32, relative difference of each tensor <= 1e-5)
-and prints the largest difference. ``touch_vision`` keeps the vision tower in the graph of a
-text-only batch (zero gradient), so DDP runs without ``find_unused_parameters`` (which costs a
-graph walk every step); ``--find-unused-parameters`` runs the other way instead.
+``touch_vision`` keeps the vision tower in the graph of a text-only batch (zero gradient), so DDP
+runs without ``find_unused_parameters`` (which walks the graph every step);
+``--find-unused-parameters`` runs the other way instead.
+
+The check: one process runs every rank's sampler, and for each step every micro-batch of every
+rank with the same ``n``, then one optimizer step. The script exits 0 when every parameter
+matches (float32, relative difference of each tensor <= 1e-5) and prints the largest difference.
+The tiny dataset has text-only samples (so some ranks get text-only batches) and samples that are
+skipped when loaded (as ``ConversationDataset(on_error="skip")`` does), each filling a batch alone.
 """
 
 from __future__ import annotations
@@ -29,13 +36,14 @@ import os
 import socket
 import sys
 import tempfile
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import vlmodel
-from vlutils.train import Skipped, collate, global_num_label_tokens
+from vlutils.train import BudgetBatchSampler, Skipped, collate, global_num_label_tokens
 
 logger = logging.getLogger("ddp_train")
 
@@ -78,37 +86,58 @@ def make_sample(model: vlmodel.VLModel, gen: torch.Generator, image: tuple[int, 
     return sample
 
 
-def global_batches(model: vlmodel.VLModel, steps: int, world: int, accum: int, seed: int = 1) -> list:
-    """batches[step][rank][micro] -> a collated packed batch. Rank 1 (or 0 alone) is text-only in
-    step 0; rank 0's last micro-batch of step 1 has only skipped samples."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for step in range(steps):
-        ranks = []
-        for rank in range(world):
-            micros = []
-            for micro in range(accum):
-                text_only = step == 0 and rank == min(1, world - 1)
-                n = int(torch.randint(1, 4, (1,), generator=gen))
-                samples = [make_sample(model, gen, None if text_only or i % 2 else (4, 6)) for i in range(n)]
-                if step == 1 and rank == 0 and micro == accum - 1:
-                    samples = [Skipped(i, f"#{i}", "DecodeError", "a broken image") for i in range(n)]
-                micros.append(collate(samples))
-            ranks.append(micros)
-        out.append(ranks)
-    return out
+MAX_TOKENS = 64
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """``count`` samples: every third has an image, the rest are text-only; every ``skip_every``-th
+    is skipped when loaded (a :class:`~vlutils.train.Skipped` record, as a broken image would be)
+    and is sized to fill a batch alone, so its batch is all-skipped."""
+
+    def __init__(self, count: int = 40, seed: int = 1, skip_every: int = 13):
+        model = tiny_model()
+        gen = torch.Generator().manual_seed(seed)
+        self.samples = [make_sample(model, gen, (4, 6) if i % 3 == 0 else None) for i in range(count)]
+        self.skipped = {i for i in range(count) if skip_every and i % skip_every == skip_every - 1}
+        self.sizes = [(MAX_TOKENS if i in self.skipped else int(s["input_ids"].shape[0]),
+                       int(s["pixel_values"].shape[0]) if "pixel_values" in s else 0)
+                      for i, s in enumerate(self.samples)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        if i in self.skipped:
+            return Skipped(i, f"#{i}", "DecodeError", "a broken image")
+        return self.samples[i]
+
+
+def rank_loader(dataset: ToyDataset, rank: int, world: int, epoch: int = 0) -> torch.utils.data.DataLoader:
+    """This rank's DataLoader: its budget batches, packed by collate."""
+    sampler = BudgetBatchSampler(dataset.sizes, MAX_TOKENS, rank=rank, world_size=world, shuffle=True, seed=0)
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+
+
+def steps_of(loader, accum: int, steps: int) -> list[list[dict]]:
+    """The first ``steps`` optimizer steps: lists of ``accum`` micro-batches."""
+    batches = list(loader)
+    if len(batches) < steps * accum:
+        raise SystemExit(f"only {len(batches)} batches per rank; ask for fewer --steps or a smaller --accum")
+    return [batches[k * accum:(k + 1) * accum] for k in range(steps)]
 
 
 def train_reference(steps: int, world: int, accum: int, lr: float) -> dict[str, torch.Tensor]:
     """One process: every micro-batch of every rank, one optimizer step per global batch."""
     model = tiny_model()
-    batches = global_batches(model, steps, world, accum)
+    dataset = ToyDataset()
+    per_rank = [steps_of(rank_loader(dataset, rank, world), accum, steps) for rank in range(world)]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for step in batches:
-        n = global_num_label_tokens([b for rank in step for b in rank])
-        for rank in step:
-            for batch in rank:
-                model(**batch, num_items_in_batch=n).loss.backward()
+    for step in range(steps):
+        micro = [batch for rank in range(world) for batch in per_rank[rank][step]]
+        n = global_num_label_tokens(micro)
+        for batch in micro:
+            model(**batch, num_items_in_batch=n).loss.backward()
         opt.step()
         opt.zero_grad()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -118,26 +147,28 @@ def _ddp_worker(rank: int, world: int, steps: int, accum: int, lr: float, port: 
                 find_unused: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from datetime import timedelta
-
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
         model = tiny_model()
-        batches = global_batches(model, steps, world, accum)
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)
         opt = torch.optim.SGD(ddp.parameters(), lr=lr)
-        for step in batches:
-            mine = step[rank]
-            n = global_num_label_tokens(mine)  # collective: every rank, every step
-            for i, batch in enumerate(mine):
-                last = i == len(mine) - 1
-                with (ddp.no_sync() if not last else contextlib.nullcontext()):
+        text_only = fillers = 0
+        for micro in steps_of(rank_loader(ToyDataset(), rank, world), accum, steps):
+            n = global_num_label_tokens(micro)  # a collective: every rank, every step
+            for i, batch in enumerate(micro):
+                text_only += "pixel_values" not in batch
+                fillers += batch.filler
+                last = i == len(micro) - 1
+                with ddp.no_sync() if not last else contextlib.nullcontext():
                     loss = ddp(**batch, num_items_in_batch=n, touch_vision=not find_unused).loss
                     (loss * world).backward()  # DDP averages over ranks; the sum over ranks is wanted
             opt.step()
             opt.zero_grad()
-        if rank == 0:
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, os.path.join(out_dir, "ddp.pt"))
+        logger.info("rank %d: %d steps, %d text-only micro-batches, %d all-skipped (filler) micro-batches",
+                    rank, steps, text_only, fillers)
+        torch.save({"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "text_only": text_only, "fillers": fillers}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -148,11 +179,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_ddp(steps: int, world: int, accum: int, lr: float, find_unused: bool = False) -> dict[str, torch.Tensor]:
-    """``world`` gloo processes; returns rank 0's parameters after ``steps`` steps."""
+def train_ddp(steps: int, world: int, accum: int, lr: float, find_unused: bool = False) -> dict:
+    """``world`` gloo processes; returns rank 0's parameters after ``steps`` steps (``"state"``) and
+    the number of text-only and filler micro-batches over all ranks."""
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_ddp_worker, args=(world, steps, accum, lr, _free_port(), tmp, find_unused), nprocs=world, join=True)
-        return torch.load(os.path.join(tmp, "ddp.pt"))
+        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    return {"state": ranks[0]["state"], "text_only": sum(r["text_only"] for r in ranks),
+            "fillers": sum(r["fillers"] for r in ranks)}
 
 
 def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
@@ -168,7 +202,7 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)  # the toy data set has ~7 batches per rank at 2 ranks
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--find-unused-parameters", action="store_true")
@@ -179,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ddp = train_ddp(args.steps, args.world_size, args.accum, args.lr, args.find_unused_parameters)
     ref = train_reference(args.steps, args.world_size, args.accum, args.lr)
     moved, _ = max_relative_difference(ref, initial)
-    diff, name = max_relative_difference(ddp, ref)
+    diff, name = max_relative_difference(ddp["state"], ref)
     logger.info("%d steps, %d ranks x %d micro-batches: parameters moved by up to %.3g (relative); "
                 "DDP vs one process: max relative difference %.3g (%s)",
                 args.steps, args.world_size, args.accum, moved, diff, name)
