@@ -28,7 +28,7 @@ def _samples(model, n, seed, images=True):
 
 @pytest.mark.parametrize("packed", [True, False])
 def test_num_label_tokens_is_what_the_mean_divides_by(model, packed):
-    for seed in range(4):
+    for seed in range(2):
         batch = collate(_samples(model, 3, seed), packed=packed)
         n = num_label_tokens(batch)
         out_mean = model(**batch).loss
@@ -84,7 +84,7 @@ def test_all_skipped_batch_is_a_filler_that_trains_nothing(model, packed):
         assert p.grad is not None, name  # every parameter is in the graph (DDP needs no find_unused_parameters)
         assert float(p.grad.abs().max()) == 0.0, name
     # a global count of 0 (every rank got a filler) gives 0, not 0/0
-    assert float(model(**batch, num_items_in_batch=torch.tensor(0)).loss) == 0.0
+    assert float(model(**batch, num_items_in_batch=torch.tensor(0)).loss.detach()) == 0.0
     assert not collate(_samples(model, 1, seed=2)).filler
 
 
