@@ -144,6 +144,10 @@ def test_missing_dataset_and_bad_options_are_clear_errors(remote, tmp_path):
         PreparedDataset(location, cache_dir=str(tmp_path), cache_limit_bytes=0, storage_options=options)
     with pytest.raises(storage.StorageError, match="unsupported storage scheme"):
         PreparedDataset("gs://bucket/data", cache_dir=str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError, match="manifest.json"):
+        PreparedDataset(location, cache_dir=str(tmp_path), storage_options={**options, "secret_key": "wrong"})
+    assert time.monotonic() - start < 60  # refused, not retried for minutes
 
 
 # -- the cache alone, with local files standing in for remote ones: many processes at once ------------

@@ -164,11 +164,13 @@ class PreparedDataset(torch.utils.data.Dataset):
     def _reader(self, shard: int):
         import pyarrow.parquet as pq
 
-        reader = self._readers.get(shard)
+        reader = self._readers.pop(shard, None)
         if reader is None:
             if len(self._readers) >= (MAX_OPEN_REMOTE if self.remote else MAX_OPEN_LOCAL):
-                self._close_readers()
-            reader = self._readers[shard] = pq.ParquetFile(self._open_shard(shard))
+                oldest = next(iter(self._readers))  # least recently used: dicts keep insertion order
+                self._readers.pop(oldest).close(force=True)  # also the file we opened for it
+            reader = pq.ParquetFile(self._open_shard(shard))
+        self._readers[shard] = reader  # (re)inserted last: most recently used
         return reader
 
     def _open_shard(self, shard: int):
@@ -191,11 +193,6 @@ class PreparedDataset(torch.utils.data.Dataset):
 
         return self._shard_cache.open(f"{self._cache_prefix}-{name}", self._file_sizes[shard], fetch,
                                       opener=pyarrow.OSFile)  # native reads, as for local shards
-
-    def _close_readers(self) -> None:
-        for reader in self._readers.values():
-            reader.close(force=True)  # also the file we opened for it
-        self._readers.clear()
 
     def __getstate__(self) -> dict:  # spawn workers reopen files themselves
         state = dict(self.__dict__)
