@@ -29,7 +29,7 @@ from ..errors import InvalidSpecError
 from ..train.sizes import SizeTable
 from . import shards
 from .rows import decode_row
-from .shard_cache import ShardCache, default_cache_dir
+from .shard_cache import ShardCache, check_limit, default_cache_dir
 
 __all__ = ["PreparedDataset"]
 
@@ -61,6 +61,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         from .. import storage
         from .build import vision_preset
 
+        check_limit(cache_limit_bytes)  # also for a local folder, where it is not used
         self.location = self.path = location
         self.storage_options = dict(storage_options or {})
         self.remote = storage.is_remote(location)

@@ -56,6 +56,13 @@ def default_cache_dir() -> str:
     return os.path.join(base, "vlutils", "shards")
 
 
+def check_limit(limit_bytes: int | None) -> None:
+    """A cache limit is a positive int of bytes, or None (no limit)."""
+    if limit_bytes is not None and (isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int)
+                                    or limit_bytes < 1):
+        raise ValueError(f"cache_limit_bytes must be a positive int or None, got {limit_bytes!r}")
+
+
 class ShardCache:
     """Files named by key in ``directory``, at most ``limit_bytes`` in all (None: no limit).
 
@@ -64,9 +71,7 @@ class ShardCache:
     """
 
     def __init__(self, directory: str, limit_bytes: int | None = None, *, wait_seconds: float = 900.0):
-        if limit_bytes is not None and (isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int)
-                                        or limit_bytes < 1):
-            raise ValueError(f"cache_limit_bytes must be a positive int or None, got {limit_bytes!r}")
+        check_limit(limit_bytes)
         self.directory, self.limit_bytes, self.wait_seconds = directory, limit_bytes, wait_seconds
         try:
             os.makedirs(directory, exist_ok=True)
