@@ -112,15 +112,15 @@ from vlutils.train import BudgetBatchSampler
 sizes, kinds = realistic_mix(0, {samples})
 sizes_mb = (sizes.nbytes + kinds.nbytes) / 2**20
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 sampler = BudgetBatchSampler(sizes, {max_tokens}, {max_patches}, rank=0, world_size={world}, sources=kinds,
                              weights=[1.0, 1.0, 0.5, 1.5], shuffle=True, seed=1)
 built = time.perf_counter()
 steps = len(sampler)
-planned = time.perf_counter()
+planned, cpu = time.perf_counter(), time.process_time() - cpu
 first = next(iter(sampler))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"init_s": built - start, "plan_s": planned - built, "total_s": planned - start, "steps": steps,
+print(json.dumps({{"cpu_s": cpu, "init_s": built - start, "plan_s": planned - built, "total_s": planned - start, "steps": steps,
                   "peak_above_sizes_mb": (peak - base) / 1024, "peak_rss_mb": peak / 1024, "sizes_mb": sizes_mb}}))
 """
 
@@ -132,7 +132,7 @@ def planning(samples: int, world: int) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result.update(samples=samples, world_size=world)
     print(f"plan {samples:,} samples, rank 0 of {world}: {result['total_s']:.1f} s (init {result['init_s']:.1f} s, "
-          f"plan {result['plan_s']:.1f} s), peak RSS {result['peak_rss_mb']:.0f} MiB "
+          f"plan {result['plan_s']:.1f} s; {result['cpu_s']:.1f} s of CPU), peak RSS {result['peak_rss_mb']:.0f} MiB "
           f"({result['peak_above_sizes_mb']:.0f} MiB above the sizes, which take {result['sizes_mb']:.0f} MiB)",
           flush=True)
     return result
