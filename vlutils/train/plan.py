@@ -168,10 +168,11 @@ def _first_fit_windows(item_sizes: np.ndarray, budget: np.ndarray, window: int) 
     tok = tokens[order]
     pat = patches[order]
     real = order < total
+    del tokens, patches
     room_t = np.full((num_windows, 8), -1, dtype=np.int32)  # -1: bin not opened (nothing fits)
     room_p = np.full((num_windows, 8), -1, dtype=np.int32)
     opened = np.zeros(num_windows, dtype=np.int64)
-    local = np.zeros((num_windows, window), dtype=np.int64)
+    local = np.zeros((num_windows, window), dtype=np.int32)  # batch number inside the window
     rows = np.arange(num_windows)
     for j in range(window):
         t, p, live = tok[:, j], pat[:, j], real[:, j]
