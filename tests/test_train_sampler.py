@@ -8,6 +8,7 @@ expectations (counts per source, costs) are computed here from the sizes, not re
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 
 import numpy as np
@@ -272,3 +273,39 @@ def test_world_size_from_torch_distributed(tmp_path):
         assert (sampler.rank, sampler.world_size) == (0, 1)
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        sizes, kind = realistic_mix(9, 800)
+        sampler = BudgetBatchSampler(sizes, 32768, 65536, sources=kind, weights=[1, 2, 0.5, 1], shuffle=True)
+        mine = list(sampler)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (sampler.rank, sampler.world_size, mine))
+        if rank == 0:
+            with open(out, "w") as handle:
+                json.dump(gathered, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_and_world_size_from_a_real_gloo_group(tmp_path):
+    """Two processes in a gloo group, samplers built without rank/world_size: equal counts and
+    the same batches as samplers told their rank explicitly."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "gathered.json"
+    mp.start_processes(_ddp_rank, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True,
+                       start_method="fork")
+    gathered = json.loads(out.read_text())
+    sizes, kind = realistic_mix(9, 800)
+    for rank, (seen_rank, seen_world, batches) in enumerate(gathered):
+        assert (seen_rank, seen_world) == (rank, 2)
+        explicit = BudgetBatchSampler(sizes, 32768, 65536, sources=kind, weights=[1, 2, 0.5, 1], shuffle=True,
+                                      rank=rank, world_size=2)
+        assert batches == list(explicit)
+    assert len(gathered[0][2]) == len(gathered[1][2])
