@@ -185,6 +185,18 @@ def test_prepared_dataset_packs_with_train(mixture):
     assert sorted(i for b in bins for i in b) == list(range(len(dataset)))
     batch = collate([dataset[i] for i in bins[0]])
     assert batch["input_ids"].shape[1] == sum(dataset.sizes[i][0] for i in bins[0])
+    # the manifest's per-source weights drive the sampler's mixture: round(w * n) samples per source
+    spec_weights = {s["name"]: s.get("weight", 1.0) for s in dataset.manifest["spec"]["sources"]}
+    assert dataset.source_weights == [spec_weights[name] for name in dataset.source_names]
+    assert 0.5 in dataset.source_weights
+    sampler = train.BudgetBatchSampler(dataset.sizes, 2048, 8192, sources=dataset.sources,
+                                       weights=dataset.source_weights, shuffle=True, world_size=2, rank=1)
+    used = [dataset.sources[i] for b in sampler for i in b]
+    other = train.BudgetBatchSampler(dataset.sizes, 2048, 8192, sources=dataset.sources,
+                                     weights=dataset.source_weights, shuffle=True, world_size=2, rank=0)
+    used += [dataset.sources[i] for b in other for i in b]
+    for number, weight in enumerate(dataset.source_weights):
+        assert used.count(number) == round(weight * int((dataset.sources == number).sum()))
 
 
 def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, monkeypatch):

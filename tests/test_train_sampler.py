@@ -8,6 +8,7 @@ expectations (counts per source, costs) are computed here from the sizes, not re
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 
 import numpy as np
@@ -15,30 +16,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from vlutils.errors import InvalidOptionError, SampleTooLongError
-from vlutils.train import BudgetBatchSampler, CostModel, SizeTable
+from vlutils.train import BudgetBatchSampler, SizeTable
 
-COST = CostModel()
+from _size_mixes import realistic_mix
 
-
-def realistic_mix(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sizes, sources) of four kinds: short captions, documents, multi-image chats, videos."""
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(4, n, p=[0.4, 0.2, 0.25, 0.15])
-    tokens = np.empty(n, dtype=np.int64)
-    patches = np.zeros(n, dtype=np.int64)
-    cap = kind == 0  # one image, a short caption
-    patches[cap] = rng.choice([256, 576, 1024], cap.sum())
-    tokens[cap] = rng.integers(20, 120, cap.sum()) + patches[cap] // 4
-    doc = kind == 1  # long text, sometimes a page image
-    patches[doc] = rng.choice([0, 0, 2304, 4096], doc.sum())
-    tokens[doc] = np.clip(rng.lognormal(7.6, 0.6, doc.sum()), 300, 12000).astype(np.int64) + patches[doc] // 4
-    multi = kind == 2  # 2-6 images
-    patches[multi] = rng.integers(2, 7, multi.sum()) * rng.choice([576, 1024, 2304], multi.sum())
-    tokens[multi] = rng.integers(100, 1500, multi.sum()) + patches[multi] // 4
-    video = kind == 3
-    patches[video] = rng.integers(4000, 24000, video.sum())
-    tokens[video] = rng.integers(50, 600, video.sum()) + patches[video] // 4
-    return np.stack([tokens, patches], 1), kind
 
 
 def run_ranks(sizes, world_size, **kw) -> list[list[list[int]]]:
@@ -292,3 +273,39 @@ def test_world_size_from_torch_distributed(tmp_path):
         assert (sampler.rank, sampler.world_size) == (0, 1)
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        sizes, kind = realistic_mix(9, 800)
+        sampler = BudgetBatchSampler(sizes, 32768, 65536, sources=kind, weights=[1, 2, 0.5, 1], shuffle=True)
+        mine = list(sampler)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (sampler.rank, sampler.world_size, mine))
+        if rank == 0:
+            with open(out, "w") as handle:
+                json.dump(gathered, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_and_world_size_from_a_real_gloo_group(tmp_path):
+    """Two processes in a gloo group, samplers built without rank/world_size: equal counts and
+    the same batches as samplers told their rank explicitly."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "gathered.json"
+    mp.start_processes(_ddp_rank, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True,
+                       start_method="fork")
+    gathered = json.loads(out.read_text())
+    sizes, kind = realistic_mix(9, 800)
+    for rank, (seen_rank, seen_world, batches) in enumerate(gathered):
+        assert (seen_rank, seen_world) == (rank, 2)
+        explicit = BudgetBatchSampler(sizes, 32768, 65536, sources=kind, weights=[1, 2, 0.5, 1], shuffle=True,
+                                      rank=rank, world_size=2)
+        assert batches == list(explicit)
+    assert len(gathered[0][2]) == len(gathered[1][2])

@@ -5,8 +5,8 @@ stored uint8 media are patchified again, and the result is bit-identical to buil
 sample from the raw record. ``sizes`` (a :class:`~vlutils.train.SizeTable`) come from two small
 columns, without touching pixels, for ``vlutils.train.pack`` and budget samplers; ``sources``
 gives each sample's source number (spec order; names in ``source_names``) and ``source_weights``
-the manifest's weight of each source, for ``BudgetBatchSampler(sources=..., weights=...)``. Safe in DataLoader workers (fork or spawn):
-files are opened lazily per process.
+the manifest's weight of each source, for ``BudgetBatchSampler(sources=..., weights=...)``.
+Safe in DataLoader workers (fork or spawn): files are opened lazily per process.
 
 The folder may be local, a ``file://`` URI or an ``s3://`` URI (:mod:`vlutils.storage`, with the
 same ``storage_options`` / AWS variables as ``prepare``). Remote shards are fetched whole, on first

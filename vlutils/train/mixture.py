@@ -4,8 +4,8 @@ Counts per source (``weights_mode``):
 
 - ``"multiplier"`` (default): a source of ``n`` samples with weight ``w`` contributes
   ``round(w * n)`` samples (Python's ``round``: halves go to the even number). ``w < 1`` draws a
-  random subset; ``w > 1`` uses every sample ``floor(w)`` times (more or less: ``c // n`` full
-  passes) plus a random subset of ``c % n`` samples once more.
+  random subset; ``w > 1`` uses every sample ``c // n`` times (``c = round(w * n)``) plus a
+  random subset of ``c % n`` samples once more.
 - ``"proportion"``: the weights are the target shares of the epoch (normalised to sum 1); the
   epoch has ``epoch_size`` samples (default: all the valid samples once), source ``s`` gets
   ``floor(share_s * epoch_size)`` plus one for the sources with the largest fractional parts
@@ -109,14 +109,17 @@ def epoch_order(indices: np.ndarray, source: np.ndarray, counts: np.ndarray, *, 
     extra = counts - full * n
     starts = np.concatenate(([0], np.cumsum(n)[:-1]))
     copies = full[source]
-    partial = (extra > 0) & (extra < n)
+    partial = extra > 0
+    if partial.any() or not shuffle:  # samples grouped by source (a radix sort on small ints)
+        by_source = np.argsort(source.astype(np.int16 if num_sources < (1 << 15) else np.int64), kind="stable")
     if partial.any():  # a random subset of `extra` samples of such a source gets one more copy
-        u = rng_for(seed, epoch, _SUBSET).random(len(source))
-        random_order = np.lexsort((u, source))
-        random_rank = np.empty(len(source), dtype=np.int64)
-        random_rank[random_order] = np.arange(len(source)) - starts[source[random_order]]
-        copies = copies + (random_rank < extra[source])
-        del u, random_order, random_rank
+        rng = rng_for(seed, epoch, _SUBSET)
+        bonus = np.zeros(len(source), dtype=np.int64)
+        for s in np.flatnonzero(partial).tolist():
+            members = by_source[starts[s]:starts[s] + n[s]]
+            bonus[members[rng.choice(int(n[s]), int(extra[s]), replace=False)]] = 1
+        copies = copies + bonus
+        del bonus
     if shuffle:
         u = rng_for(seed, epoch, _ORDER).random(int(copies.sum()))
     if (copies == 1).all():  # the common case, without the occurrence bookkeeping
@@ -124,15 +127,18 @@ def epoch_order(indices: np.ndarray, source: np.ndarray, counts: np.ndarray, *, 
             return indices[np.argsort(u, kind="stable")]
         if len(n) == 1:
             return indices.copy()
-    # one entry per occurrence: the sample, its copy number j and its number of copies m
+    # one entry per occurrence: the sample, its copy number j and its number of copies m;
+    # key = (j + u) / m computed in place (10 M occurrences: a few arrays of 80 MB, no more)
     occurrence = np.repeat(np.arange(len(source), dtype=np.int64), copies)
-    m = copies[occurrence].astype(np.float64)
-    j = np.arange(len(occurrence), dtype=np.int64) - np.repeat(np.cumsum(copies) - copies, copies)
-    if not shuffle:  # the sample's rank within its source (by index)
-        by_source = np.argsort(source, kind="stable")
+    key = np.arange(len(occurrence), dtype=np.float64)
+    key -= np.repeat(np.cumsum(copies) - copies, copies)  # j
+    if not shuffle:  # u: the sample's rank within its source (by index)
         index_rank = np.empty(len(source), dtype=np.int64)
         index_rank[by_source] = np.arange(len(source)) - starts[source[by_source]]
-        u = (index_rank[occurrence] + 0.5) / n[source[occurrence]]
-    key = (j + u) / m
-    del m, j, u
+        u = (index_rank + 0.5) / np.maximum(n[source], 1)
+        key += u[occurrence]
+    else:
+        key += u
+    del u
+    key /= copies[occurrence]
     return indices[occurrence[np.argsort(key, kind="stable")]]

@@ -15,10 +15,10 @@ million samples plan in seconds, and every rank computes the same plan from the 
    sample is used exactly once. Splitting is impossible only when there are fewer samples than
    the next multiple; then the trailing batches are dropped and reported.
 3. **Group into steps** (:func:`group_steps`): consecutive batches are taken in groups of
-   ``group`` (a multiple of the world size, at least ``GROUP_BATCHES``); inside a group they are
-   sorted by cost and every ``world_size`` neighbours form one step, so the batches run at the
-   same time cost about the same. Steps are ordered by their first key (the epoch order
-   again) and the batches of step ``s`` go to ranks rotated by ``s``.
+   ``GROUP_STEPS * world_size``; inside a group they are sorted by cost and every
+   ``world_size`` neighbours form one step, so the batches run at the same time cost about the
+   same. Steps are ordered by their mean key (about the epoch order again) and the batches of
+   step ``s`` go to ranks rotated by ``s`` (no rank always gets the heaviest batch).
 
 The cost model (:class:`CostModel`) is in units of one LLM token's forward FLOPs.
 """
@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["CostModel", "Batches", "pack_epoch", "fit_world_size", "group_steps", "REPAIR_ROUNDS",
-           "GROUP_BATCHES", "auto_window"]
+           "GROUP_STEPS", "auto_window"]
 
 logger = logging.getLogger(__name__)
 
 REPAIR_ROUNDS = 2
-GROUP_BATCHES = 2048  # batches per cost-sorting group (rounded up to a multiple of the world size)
+GROUP_STEPS = 64  # steps per cost-sorting group: each step spans about 1/64 of the group's cost range
 BINS_PER_WINDOW = 32  # the automatic window holds about this many batches
 NO_LIMIT = np.iinfo(np.int64).max // 4
 INT32_MAX = np.iinfo(np.int32).max
@@ -169,10 +168,11 @@ def _first_fit_windows(item_sizes: np.ndarray, budget: np.ndarray, window: int) 
     tok = tokens[order]
     pat = patches[order]
     real = order < total
+    del tokens, patches
     room_t = np.full((num_windows, 8), -1, dtype=np.int32)  # -1: bin not opened (nothing fits)
     room_p = np.full((num_windows, 8), -1, dtype=np.int32)
     opened = np.zeros(num_windows, dtype=np.int64)
-    local = np.zeros((num_windows, window), dtype=np.int64)
+    local = np.zeros((num_windows, window), dtype=np.int32)  # batch number inside the window
     rows = np.arange(num_windows)
     for j in range(window):
         t, p, live = tok[:, j], pat[:, j], real[:, j]
@@ -256,10 +256,10 @@ def group_steps(costs: np.ndarray, keys: np.ndarray, world_size: int) -> np.ndar
         return np.zeros((0, world_size), dtype=np.int64)
     if world_size == 1:
         return np.arange(count, dtype=np.int64)[:, None]
-    group = world_size * math.ceil(GROUP_BATCHES / world_size)
+    group = world_size * GROUP_STEPS
     ids = np.arange(count, dtype=np.int64)
     by_cost = np.lexsort((ids, costs, ids // group))
     steps = by_cost.reshape(-1, world_size)
-    steps = steps[np.argsort(keys[steps].min(1), kind="stable")]
+    steps = steps[np.argsort(keys[steps].mean(1), kind="stable")]
     rotate = (np.arange(world_size)[None, :] + np.arange(len(steps))[:, None]) % world_size
     return np.take_along_axis(steps, rotate, 1)
