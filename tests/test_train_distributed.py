@@ -138,3 +138,23 @@ def test_every_rank_gets_the_same_number_of_batches():
         assert len(counts) == 1
         seen = sorted(i for loader in loaders for batch in loader.batch_sampler for i in batch)
         assert seen == list(range(len(dataset)))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_vision_zero_loss_reaches_every_vision_parameter(family):
+    """The dummy image of touch_vision covers every vision parameter (DeepStack mergers and the learned
+    position table of Qwen3-VL too), with gradients of exactly zero."""
+    import vlmodel
+    from _qwen3_cases import IDS, _text, _vision
+
+    if family == "qwen3_vl":
+        raw = {"model_type": "qwen3_vl", "text_config": _text(), "vision_config": _vision(), **IDS}
+        model = vlmodel.VLModel(vlmodel.ModelConfig.from_dict(raw))
+    else:
+        model = ddp_train.tiny_model()
+    loss = model.vision_zero_loss()
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    for name, p in model.visual.named_parameters():
+        assert p.grad is not None, name
+        assert float(p.grad.abs().max()) == 0.0, name
