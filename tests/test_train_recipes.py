@@ -62,6 +62,7 @@ class RecordingCollator(IndexCollator):
         return super().__call__(rows)
 
 
+@pytest.mark.slow  # ~50 s on the loaded 2-core machine, most of it importing and starting Trainer
 def test_trainer_with_a_budget_sampler_equals_a_hand_written_loop(tmp_path):
     model = ddp_train.tiny_model(seed=4)
     gen = torch.Generator().manual_seed(5)
@@ -134,7 +135,7 @@ def _processing_class():
                                    eos_token="<|im_end|>")
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_trl_sft_trainer_recipe(tmp_path, packed):
     pytest.importorskip("trl")
     from trl import SFTConfig, SFTTrainer
