@@ -158,3 +158,33 @@ def test_vision_zero_loss_reaches_every_vision_parameter(family):
     for name, p in model.visual.named_parameters():
         assert p.grad is not None, name
         assert float(p.grad.abs().max()) == 0.0, name
+
+
+def test_num_items_in_batch_matches_transformers(tmp_path):
+    """The same tiny Qwen2.5-VL checkpoint in transformers 4.57 and vlmodel: with num_items_in_batch both
+    return sum of token losses / that number (padded rows, images and videos, several counts)."""
+    import random
+
+    import vlmodel
+    from _tiny_checkpoints import hf_model
+    from _tiny_tokenizer import SMALL_SPECIAL, tiny_qwen_tokenizer
+    from _train_cases import conversation
+    from vlutils.train import build_sample
+
+    hf = hf_model("qwen2_5_vl", seed=7)
+    hf.save_pretrained(tmp_path)
+    ours = vlmodel.from_pretrained(tmp_path, dtype=torch.float32)
+    tok, rng = tiny_qwen_tokenizer(SMALL_SPECIAL), random.Random(3)
+    samples = []
+    for _ in range(3):
+        messages, images, videos, kwargs = conversation(rng, "qwen2_5_vl", max_turns=2)
+        samples.append(build_sample(messages, tok, "qwen2_5_vl", images=images, videos=videos, video_kwargs=kwargs))
+    batch = collate(samples, packed=False, pad_token_id=SMALL_SPECIAL["<|endoftext|>"])
+    n = num_label_tokens(batch)
+    with torch.no_grad():
+        for items in (n, 3 * n + 1, torch.tensor(17)):
+            ref = hf(**batch, num_items_in_batch=items).loss
+            got = ours(**batch, num_items_in_batch=items).loss
+            assert abs(float(got) - float(ref)) <= 1e-4 * abs(float(ref)), (items, float(got), float(ref))
+        # and the count is the one transformers' own mean divides by
+        torch.testing.assert_close(ours(**batch, num_items_in_batch=n).loss, hf(**batch).loss, rtol=1e-4, atol=0)
