@@ -14,7 +14,7 @@ is its own:
   torch's CPU int4 kernel at full speed; its float32 path is exact but slower).
 
 Reported: resident bytes of all weights and of the decoder linears (packed buffers count),
-peak RSS, prefill tokens/s (best of ``--runs``), decode tokens/s (``--new`` tokens after the
+peak RSS (and the peak minus the RSS after the imports, before loading), prefill tokens/s (best of ``--runs``), decode tokens/s (``--new`` tokens after the
 prompt, best of ``--runs``), and ratios against fp32.  ``--clock cpu`` (with ``--threads 1``)
 times the process's CPU seconds instead of wall-clock: on a machine shared with other jobs
 that is far less noisy, since time spent descheduled is not counted.  transformers has no CPU path for
@@ -52,10 +52,11 @@ def build(workdir: str, fmt: str, group: int) -> None:
     write_dequantized(os.path.join(workdir, "quant"), refs, os.path.join(workdir, "float"))
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it restarts at exec)."""
+def status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status: VmRSS now, VmHWM its peak
+    (unlike ru_maxrss, VmHWM restarts at exec, so a child does not inherit its parent's)."""
     with open("/proc/self/status") as fh:
-        line = next(x for x in fh if x.startswith("VmHWM:"))
+        line = next(x for x in fh if x.startswith(key + ":"))
     return int(line.split()[1]) / 1024
 
 
@@ -65,6 +66,7 @@ def child(workdir: str, variant: str, runs: int, new: int, clock=time.perf_count
     from vlmodel.quant import quantized_layers
 
     kind, dtype = VARIANTS[variant]
+    imported = status_mb("VmRSS")  # torch, vlmodel and the test helpers, before any weights
     model = vlmodel.from_pretrained(os.path.join(workdir, kind), dtype=dtype)
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
     weights = sum(t.nbytes for t in tensors.values())
@@ -87,7 +89,7 @@ def child(workdir: str, variant: str, runs: int, new: int, clock=time.perf_count
             model.generate(text, max_new_tokens=new + 1, stop_token_ids=[])
             decode.append(new / max(clock() - t - one, 1e-9))
     return {"variant": variant, "weights_mb": weights / 2**20, "decoder_linears_mb": linear_bytes / 2**20,
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": status_mb("VmHWM"), "peak_over_import_mb": status_mb("VmHWM") - imported,
             "prefill_tok_s": max(prefill), "decode_tok_s": max(decode), "prompt_tokens": ids.shape[1]}
 
 
@@ -118,11 +120,12 @@ def main() -> None:
     base = rows[0]
     print(f"format {args.format}, 4 bits, group {args.group}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.clock} clock, prompt {base['prompt_tokens']} tokens, {args.new} decoded")
-    print(f"{'variant':8} {'weights MB':>10} {'dec.lin MB':>10} {'peak RSS':>9} {'prefill t/s':>11} "
+    print(f"{'variant':8} {'weights MB':>10} {'dec.lin MB':>10} {'peak RSS':>9} {'peak-imp':>9} {'prefill t/s':>11} "
           f"{'decode t/s':>10} {'decode x fp32':>13} {'dec.lin x bf16':>14}")
     bf16 = rows[1]
     for r in rows:
         print(f"{r['variant']:8} {r['weights_mb']:10.1f} {r['decoder_linears_mb']:10.1f} {r['peak_rss_mb']:9.0f} "
+              f"{r['peak_over_import_mb']:9.0f} "
               f"{r['prefill_tok_s']:11.1f} {r['decode_tok_s']:10.1f} {r['decode_tok_s'] / base['decode_tok_s']:13.2f} "
               f"{r['decoder_linears_mb'] / bf16['decoder_linears_mb']:14.3f}")
     print(json.dumps(rows))

@@ -339,7 +339,8 @@ def test_qwen3_vl_quantized_matches_transformers(fmt, options, tmp_path):
     assert tokens.tolist() == want[:, inp["input_ids"].shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("options", [dict(bits=4, group=32), dict(bits=8, strategy="channel")],
+@pytest.mark.parametrize("options", [dict(bits=4, group=32),
+                                     pytest.param(dict(bits=8, strategy="channel"), marks=pytest.mark.slow)],
                          ids=["w4-group32", "w8-channel"])
 def test_compressed_tensors_matches_transformers_5(options, float_dirs, tmp_path):
     """transformers 5.23 + compressed-tensors 0.20 run the same packed checkpoint on CPU.
