@@ -31,11 +31,19 @@ MAX_RETRIES = 5  # per shard, for lost worker processes or nodes (a bad record n
 
 
 def init_ray():
-    """Connect to ``RAY_ADDRESS`` or start a local Ray (once per process), quietly."""
+    """Connect to ``RAY_ADDRESS`` or start a local Ray (once per process), quietly.
+
+    A local Ray is private to this job: its token-authentication mode is set explicitly (Ray
+    then does not print its notice; token auth stays on unless the user's ``RAY_AUTH_MODE``
+    says otherwise) and usage stats stay off unless the user enabled them. On a cluster, the
+    cluster's settings rule (see docs/cluster.md)."""
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         logger.info("ray: %s", f"connecting to {address}" if address else "starting a local Ray")
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  include_dashboard=False, configure_logging=False)
@@ -100,4 +108,5 @@ def run_ray(plans: Iterable[ShardPlan], context: ShardContext, resources: Any = 
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
-    logger.info("ray: shards built per node: %s", dict(per_node))
+    names = {n["NodeID"]: n.get("NodeManagerAddress", "?") + ":" + str(n.get("NodeManagerPort", "")) for n in ray.nodes()}
+    logger.info("ray: shards built per node: %s", {names.get(node, node): count for node, count in per_node.items()})
