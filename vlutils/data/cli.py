@@ -8,6 +8,7 @@ import re
 import sys
 
 from ..errors import InvalidSpecError, TooManyRejectedError, VisionInputError
+from ..families import model_types
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
@@ -29,7 +30,7 @@ def _fraction(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .prepare import DEFAULT_MAX_REJECTED, model_types
+    from .prepare import DEFAULT_MAX_REJECTED
 
     parser = argparse.ArgumentParser(
         prog="vlutils prepare",
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True,
                         help="output folder or s3://bucket/prefix (rerun the same command to resume)")
     parser.add_argument("--tokenizer", required=True, help="a tokenizer.json file or a folder holding one")
-    parser.add_argument("--model-type", choices=model_types(), help="overrides the spec")
+    parser.add_argument("--model-type", choices=model_types("prepare"), help="overrides the spec")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--workers", type=int,
                         help="worker processes (local) or shards at once (ray); default: every CPU (of the cluster)")

@@ -33,20 +33,27 @@ MAX_RETRIES = 5  # per shard, for lost worker processes or nodes (a bad record n
 def init_ray():
     """Connect to ``RAY_ADDRESS`` or start a local Ray (once per process), quietly.
 
-    A local Ray is private to this job: its token-authentication mode is set explicitly (Ray
-    then does not print its notice; token auth stays on unless the user's ``RAY_AUTH_MODE``
-    says otherwise) and usage stats stay off unless the user enabled them. On a cluster, the
-    cluster's settings rule (see docs/cluster.md)."""
+    A local Ray is private to this job: Ray turns its token authentication on by default and
+    says so in a warning on every start, which is noise here (the notice is silenced, the
+    authentication stays), and its usage stats stay off unless the user turned them on. On a
+    cluster, the cluster's settings rule (``RAY_AUTH_MODE``: see docs/cluster.md).
+    """
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         logger.info("ray: %s", f"connecting to {address}" if address else "starting a local Ray")
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        if address is None:
+            notice.setLevel(logging.ERROR)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
+        finally:
+            notice.setLevel(level)
     return ray
 
 

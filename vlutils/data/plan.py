@@ -108,8 +108,8 @@ def read_jobs(plan: ShardPlan, storage_options: Mapping[str, str] | None = None)
         with storage.open_input(segment.file, storage_options=storage_options) as handle:
             data = handle.read_at(segment.end - segment.start, segment.start)
         if len(data) != segment.end - segment.start:
-            raise storage.StorageError(segment.file, f"changed since the job was planned (bytes "
-                                                     f"{segment.start}-{segment.end} are no longer there)")
+            raise storage.StorageError(f"changed since the job was planned (bytes {segment.start}-{segment.end} "
+                                       f"are no longer there)", segment.file)
         index, found = segment.first_index, 0
         for line in _lines(data):
             if line.strip():
@@ -117,5 +117,5 @@ def read_jobs(plan: ShardPlan, storage_options: Mapping[str, str] | None = None)
                 found += 1
             index += 1
         if found != segment.count:
-            raise storage.StorageError(segment.file, f"changed since the job was planned ({found} records in "
-                                                     f"bytes {segment.start}-{segment.end}, planned {segment.count})")
+            raise storage.StorageError(f"changed since the job was planned ({found} records in bytes "
+                                       f"{segment.start}-{segment.end}, planned {segment.count})", segment.file)

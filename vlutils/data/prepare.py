@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping
 
 from .. import storage
-from ..errors import InvalidSpecError, TooManyRejectedError
+from ..errors import InvalidOptionError, InvalidSpecError, TooManyRejectedError
+from ..families import get_family
 from . import shards
 from .plan import ShardPlan, iter_plan
 from .progress import Progress
@@ -46,13 +47,6 @@ class WorkerResources:
     workers: int | None = None
     cpus: float | None = None
     memory: int | None = None
-
-
-def model_types() -> tuple[str, ...]:
-    """The model types ``build_sample`` accepts (so ``prepare`` accepts the same)."""
-    from ..train.sample import TRAIN_MODEL_TYPES
-
-    return tuple(TRAIN_MODEL_TYPES)
 
 
 def require_extras(engine: str = "local") -> None:
@@ -91,8 +85,10 @@ def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_
             raise InvalidSpecError(f"shard_size must be a positive integer, got {shard_size!r}")
         changes["shard_size"] = shard_size
     spec = replace(spec, **changes)
-    if spec.model_type not in model_types():
-        raise InvalidSpecError(f"model_type must be one of {', '.join(model_types())} (got {spec.model_type!r})")
+    try:
+        get_family(spec.model_type, "prepare")
+    except InvalidOptionError as exc:
+        raise InvalidSpecError(f"spec: {exc.reason}") from None
     if spec.shard_size is None:
         spec = replace(spec, shard_size=DEFAULT_SHARD_SIZE)
     check_vision_settings(spec)
@@ -117,7 +113,11 @@ def prepare(spec: str | DatasetSpec, out: str, tokenizer: str, *, model_type: st
     if max_rejected is not None and not 0 <= max_rejected <= 1:
         raise InvalidSpecError(f"max_rejected must be a fraction in [0, 1], got {max_rejected!r}")
     require_extras(engine)
-    options = dict(storage_options or {})
+    # what the environment gives, made explicit: workers on other nodes get these, not their own environment
+    options = {**storage.storage_options_from_env(), **{k: str(v) for k, v in (storage_options or {}).items()}}
+    unknown = sorted(set(options) - set(storage.OPTION_KEYS))
+    if unknown:
+        raise InvalidSpecError(f"unknown storage option(s) {unknown}; known: {', '.join(storage.OPTION_KEYS)}")
     out = normalize_location(out)
     spec = resolve_spec(spec, model_type=model_type, max_length=max_length, truncation=truncation,
                         shard_size=shard_size, storage_options=options)

@@ -35,7 +35,6 @@ MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
 REPORTS = "_reports"
 LOCK = "_lock"
-TMP_MARK = ".tmp-"
 # Parquet row groups close after this many media bytes (or rows): random access to one sample
 # then decompresses about one video, not its neighbours too.
 ROW_GROUP_BYTES = 1 << 20
@@ -54,7 +53,7 @@ def completed_shards(out: str, storage_options: Mapping[str, str] | None = None)
     """Numbers of the shards whose report exists (complete shards)."""
     done = set()
     for location in storage.list_dir(storage.join(out, REPORTS), storage_options=storage_options):
-        name = location.rsplit("/", 1)[-1]
+        name = storage.basename(location)
         if name.startswith("part-") and name.endswith(".json") and name[5:-5].isdigit():
             done.add(int(name[5:-5]))
     return done
@@ -66,14 +65,8 @@ def read_report(out: str, number: int, storage_options: Mapping[str, str] | None
 
 def remove_temporaries(out: str, storage_options: Mapping[str, str] | None = None) -> int:
     """Delete what killed writers left under temporary names (never visible as results)."""
-    removed = 0
-    for folder in (out, storage.join(out, REPORTS)):
-        for location in storage.list_dir(folder, storage_options=storage_options):
-            if TMP_MARK in location.rsplit("/", 1)[-1]:
-                with contextlib.suppress(storage.StorageNotFoundError, FileNotFoundError):
-                    storage.delete(location, storage_options=storage_options)
-                removed += 1
-    return removed
+    return sum(storage.remove_temporaries(folder, storage_options=storage_options)
+               for folder in (out, storage.join(out, REPORTS)))
 
 
 @contextlib.contextmanager
@@ -83,7 +76,7 @@ def atomic_output(location: str, storage_options: Mapping[str, str] | None = Non
     upload to a temporary key, then a server-side copy to the final key and a delete, so a
     reader sees the whole object or none (S3 has no rename; a commit marker would make every
     reader check for it)."""
-    tmp_name = f"{TMP_MARK}{uuid.uuid4().hex[:12]}"
+    tmp_name = f"{storage.TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     if not storage.is_remote(location):
         filesystem, path = storage.resolve(location, storage_options=storage_options)
         os.makedirs(os.path.dirname(path), exist_ok=True)

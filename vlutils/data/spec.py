@@ -85,24 +85,21 @@ def _relative(location: str, base: str) -> str:
 
 def dirname(location: str) -> str:
     """The folder of a local path or the prefix of a URI (``s3://b/x/y.jsonl`` -> ``s3://b/x``)."""
-    if "://" in location:
-        return location.rsplit("/", 1)[0]
-    return os.path.dirname(location)
+    return storage.parent(location)
 
 
 def normalize_location(location: str) -> str:
-    """Local paths made absolute, ``file://`` URIs made local paths; ``s3://`` kept; any other
-    scheme (or a mistyped ``s3:/x``) is an :class:`InvalidSpecError`."""
-    if location.startswith("file://"):
-        return os.path.abspath(location[len("file://"):])
-    if location.startswith("s3://"):
-        if len(location) <= len("s3://") or location[len("s3://")] == "/":
-            raise InvalidSpecError(f"{location}: an s3:// location needs a bucket name (s3://bucket/key)")
+    """Local paths made absolute, ``file://`` URIs made local paths, ``s3://`` kept; anything the
+    storage module does not understand (``gs://``, a mistyped ``s3:/x``) is an :class:`InvalidSpecError`."""
+    try:
+        storage.check_location(location)
+    except storage.StorageError as exc:
+        raise InvalidSpecError(str(exc)) from None
+    if storage.is_remote(location):
         return location
-    scheme = location.split(":", 1)[0].lower()
-    if "://" in location or scheme in ("s3", "gs", "gcs", "az", "abfs", "hdfs", "http", "https"):
-        raise InvalidSpecError(f"{location}: not understood; use a local path, file:// or s3://bucket/key")
-    return os.path.abspath(location)
+    if location[:7].lower() == "file://":
+        return storage.resolve(location)[1]
+    return os.path.abspath(os.path.expanduser(location))
 
 
 def load_spec(path: str, storage_options: Mapping[str, str] | None = None) -> DatasetSpec:

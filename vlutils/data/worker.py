@@ -40,6 +40,7 @@ def builder_for(context: ShardContext) -> SampleBuilder:
     builder = _builders.get(context.job_id)
     if builder is None:
         _builders.clear()
+        storage.use_storage_options(context.storage_options)  # also for s3:// media fetched by process_vision_info
         builder = SampleBuilder(context.spec, None, context.model_type, tokenizer_json=context.tokenizer_json,
                                 storage_options=context.storage_options)
         _builders[context.job_id] = builder
