@@ -96,13 +96,19 @@ class SampleBuilder:
             if not isinstance(exc, ValueError):
                 logger.warning("%s:%d: unexpected %s: %s", source.name, job.index, type(exc).__name__, exc)
             return {"kind": "rejected", "rejected": {
-                "source": source.name, "index": job.index, "error": type(exc).__name__, "message": str(exc)}}
+                "source": source.name, "index": job.index, "error": type(exc).__name__, "message": self._relative(str(exc))}}
         if row is None:
             return {"kind": "rejected", "rejected": {
                 "source": source.name, "index": job.index, "error": "Dropped",
                 "message": f"longer than max_length={self.spec.max_length} (truncation='drop')"}}
         row.update(source=source.name, index=job.index)
         return {"kind": "row", "row": row}
+
+    def _relative(self, message: str) -> str:
+        """Paths under the spec's folder named relative to it, so the rejected list does not depend on
+        where the data sits (the same data moved, or copied to object storage, gives the same bytes)."""
+        base = self.spec.base.rstrip("/")
+        return message.replace(base + "/", "") if base else message
 
     def _sample_row(self, messages: list[dict], name: str) -> dict | None:
         from ..inputs import fetch_media, split_video_metadata

@@ -131,7 +131,8 @@ def prepare(spec: str | DatasetSpec, out: str, tokenizer: str, *, model_type: st
         "spec_hash": spec.digest(), "tokenizer_sha256": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
         "model_type": spec.model_type, "shard_size": spec.shard_size,
     }
-    context = ShardContext(spec, tokenizer_json, spec.model_type, out, options, job_id=spec.digest())
+    job_id = hashlib.sha256(json.dumps([header, spec.base, out], sort_keys=True).encode()).hexdigest()
+    context = ShardContext(spec, tokenizer_json, spec.model_type, out, options, job_id=job_id)
     resources = WorkerResources(workers, worker_cpus, worker_memory)
     if not storage.is_remote(out):
         os.makedirs(out, exist_ok=True)

@@ -29,7 +29,7 @@ class ShardContext:
     model_type: str
     out: str
     storage_options: Mapping[str, str] = field(default_factory=dict)
-    job_id: str = ""  # the spec hash: one cached builder per job and process
+    job_id: str = ""  # one cached builder per job (settings, tokenizer, locations) and process
 
 
 _builders: dict[str, SampleBuilder] = {}
