@@ -31,10 +31,15 @@ def _number(where: str, key: str, value: Any, *, positive: bool = True) -> float
 
 def check_vision_settings(spec: DatasetSpec) -> None:
     """Raise :class:`InvalidSpecError` for a source whose image/video defaults cannot be met."""
-    from .build import vision_preset
+    from ..families import get_family  # no torch: the driver stays light
 
-    preset = vision_preset(spec.model_type, spec.options)
-    factor = preset.patch_size * preset.merge_size
+    preset = get_family(spec.model_type, "prepare").vision
+    patch = spec.options.get("patch_size", preset.patch_size)
+    merge = spec.options.get("merge_size", preset.merge_size)
+    for key, value in (("patch_size", patch), ("merge_size", merge)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidSpecError(f"{spec.path or 'spec'}: options.{key} must be a positive integer, got {value!r}")
+    factor = patch * merge
     for i, source in enumerate(spec.sources):
         where = f"{spec.path or 'spec'}: sources[{i}] ({source.name})"
         image = {k: _number(f"{where}.image", k, v) for k, v in source.image.items()}
