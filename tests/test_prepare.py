@@ -192,10 +192,11 @@ def test_prepared_dataset_packs_with_train(mixture):
     assert batch["input_ids"].shape[1] == sum(dataset.sizes[i][0] for i in bins[0])
 
 
-def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
-    """--engine ray on a local Ray: one actor SIGKILLs itself mid-job (marker file), Ray restarts it
-    and retries its batch; the folder equals the local engine's byte for byte. Then the shards
-    are read back with ray.data.read_parquet."""
+@pytest.mark.slow
+def test_ray_engine_with_a_killed_worker_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
+    """--engine ray on a local Ray: one shard task SIGKILLs its worker process mid-job (marker
+    file), Ray retries the task; the folder equals the local engine's byte for byte. Then the
+    shards are read back with ray.data.read_parquet."""
     ray = pytest.importorskip("ray")
     from vlutils.data.engine_ray import KILL_MARKER_ENV
 
@@ -207,7 +208,7 @@ def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, 
     target = tmp_path / "out_ray"
     try:
         prepare(str(spec), str(target), str(tokenizer), engine="ray", shard_size=4)
-        assert not marker.exists(), "no actor was killed"
+        assert not marker.exists(), "no worker was killed"
         assert _files(target) == _files(out)
         loaded = ray.data.read_parquet(sorted(str(p) for p in target.glob("*.parquet")))
         assert loaded.count() == 18
