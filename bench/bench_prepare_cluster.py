@@ -76,7 +76,7 @@ def make_data(records: int, seed: int = 0) -> Path:
     (DATA / f"mix{records}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     spec = {"model_type": "qwen2_vl", "shard_size": 16, "sources": [
         {"name": "mix", "path": f"mix{records}.jsonl", "format": "sharegpt", "media_dir": "media",
-         "image": {"max_pixels": 401408}, "video": {"fps": 2.0, "max_pixels": 100352}}]}
+         "image": {"max_pixels": 1003520}, "video": {"fps": 2.0, "max_pixels": 200704}}]}
     path = DATA / f"spec{records}.json"
     path.write_text(json.dumps(spec))
     tokenizer = DATA / "tokenizer.json"

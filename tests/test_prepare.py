@@ -326,3 +326,32 @@ def test_qwen3_vl_video_samples_bit_identical(mixture, tmp_path, model_type):
         for key, value in want.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(item[key], value), key
+
+
+def test_a_killed_local_worker_fails_clearly_and_the_rerun_resumes(mixture, tmp_path):
+    """SIGKILL of one worker process of the local engine: the job stops with a clear message (exit
+    3), finished shards stay, and the rerun finishes with the bytes of an uninterrupted run."""
+    import psutil
+
+    _, spec, tokenizer, out = mixture
+    target = tmp_path / "out"
+    command = [sys.executable, "-m", "vlutils", "prepare", str(spec), "--out", str(target), "--tokenizer",
+               str(tokenizer), "--workers", "2", "--shard-size", "4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list((target / "_reports").glob("*.json"))) >= 1:
+            break
+        time.sleep(0.02)
+    workers = psutil.Process(process.pid).children()
+    assert workers and process.poll() is None, "the job finished before a worker could be killed"
+    workers[0].send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the killed worker had no shard left to build")
+    assert process.returncode == 3 and "rerun the same command" in stderr, stderr[-2000:]
+    assert not (target / "manifest.json").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _files(target) == _files(out)

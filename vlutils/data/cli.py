@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:  # progress lines, not every fetched video
         logging.getLogger("vlutils.data").setLevel(logging.INFO)
     from .. import storage
+    from .engine_local import WorkerDiedError
     from .prepare import prepare
 
     try:
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except TooManyRejectedError as exc:
         print(f"vlutils prepare: {exc}", file=sys.stderr)
         return 1
+    except WorkerDiedError as exc:
+        print(f"vlutils prepare: {exc}", file=sys.stderr)
+        return 3
     except (InvalidSpecError, VisionInputError, OSError) as exc:
         print(f"vlutils prepare: {exc}", file=sys.stderr)
         return 2

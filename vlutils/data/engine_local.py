@@ -12,12 +12,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterable, Iterator
 
 from .plan import ShardPlan
 from .worker import ShardContext, build_shard
 
 _context: ShardContext | None = None
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process died (killed, out of memory, a crash in a native decoder) mid-shard."""
 
 
 def default_workers() -> int:
@@ -59,14 +64,22 @@ def run_local(plans: Iterable[ShardPlan], context: ShardContext, resources: Any 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init,
                              initargs=(context,)) as pool:
-        pending: set = set()
-        for plan in plans:
-            pending.add(pool.submit(_work, plan))
-            while len(pending) >= 2 * workers:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
+        pending: dict = {}
+
+        def finished() -> Iterator[dict]:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                plan = pending.pop(future)
+                try:
                     yield future.result()
+                except BrokenProcessPool:
+                    raise WorkerDiedError(
+                        f"a worker process died (killed or out of memory) while shard {plan.number} was being "
+                        f"built; finished shards are kept: rerun the same command to resume") from None
+
+        for plan in plans:
+            pending[pool.submit(_work, plan)] = plan
+            while len(pending) >= 2 * workers:
+                yield from finished()
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
+            yield from finished()
