@@ -9,7 +9,6 @@ rest of the conversation, and the resized media are kept so that the row stores 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 

@@ -13,10 +13,10 @@ import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from .plan import ShardPlan
-from .worker import ShardContext, build_shard
+from .worker import ShardContext, WorkerResources, build_shard
 
 _context: ShardContext | None = None
 
@@ -54,9 +54,9 @@ def _work(plan: ShardPlan) -> dict:
     return build_shard(plan, _context)
 
 
-def run_local(plans: Iterable[ShardPlan], context: ShardContext, resources: Any = None) -> Iterator[dict]:
+def run_local(plans: Iterable[ShardPlan], context: ShardContext, resources: WorkerResources | None = None) -> Iterator[dict]:
     """Build every planned shard; yield each shard's report as it finishes (any order)."""
-    workers = getattr(resources, "workers", None) or default_workers()
+    workers = (resources.workers if resources else None) or default_workers()
     if workers <= 1:
         for plan in plans:
             yield build_shard(plan, context)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from .plan import ShardPlan
-from .worker import ShardContext, build_shard
+from .worker import ShardContext, WorkerResources, build_shard
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +76,14 @@ def task_slots(cluster_cpus: float, cpus_per_task: float, workers: int | None = 
     return max(1, int(cluster_cpus // cpus_per_task))
 
 
-def run_ray(plans: Iterable[ShardPlan], context: ShardContext, resources: Any = None) -> Iterator[dict]:
+def run_ray(plans: Iterable[ShardPlan], context: ShardContext, resources: WorkerResources | None = None) -> Iterator[dict]:
     """Build every planned shard as a Ray task; yield each report as its task finishes (any order)."""
     ray = init_ray()
-    cpus = getattr(resources, "cpus", None) or 1.0
-    memory = getattr(resources, "memory", None)
+    cpus = (resources.cpus if resources else None) or 1.0
+    memory = (resources.memory if resources else None)
     cluster = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    slots = task_slots(cluster.get("CPU", 1.0), cpus, getattr(resources, "workers", None))
+    slots = task_slots(cluster.get("CPU", 1.0), cpus, (resources.workers if resources else None))
     if cpus > max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0):
         from ..errors import InvalidSpecError
 

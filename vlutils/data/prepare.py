@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterator, Mapping
 
 from .. import storage
@@ -28,7 +28,7 @@ from . import shards
 from .plan import ShardPlan, iter_plan
 from .progress import Progress
 from .spec import TRUNCATION, DatasetSpec, load_spec, normalize_location
-from .worker import ShardContext
+from .worker import ShardContext, WorkerResources
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +38,6 @@ DEFAULT_SHARD_SIZE = 1000
 # not a few bad records. Tighten it for curated data (``--max-rejected 0.01``).
 DEFAULT_MAX_REJECTED = 0.5
 ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class WorkerResources:
-    """How many workers, and what each reserves (Ray schedules by these; local uses ``workers``)."""
-
-    workers: int | None = None
-    cpus: float | None = None
-    memory: int | None = None
 
 
 def require_extras(engine: str = "local") -> None:

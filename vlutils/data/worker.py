@@ -32,6 +32,15 @@ class ShardContext:
     job_id: str = ""  # one cached builder per job (settings, tokenizer, locations) and process
 
 
+@dataclass(frozen=True)
+class WorkerResources:
+    """How many workers, and what each reserves (Ray schedules by these; local uses ``workers``)."""
+
+    workers: int | None = None
+    cpus: float | None = None
+    memory: int | None = None
+
+
 _builders: dict[str, SampleBuilder] = {}
 
 
