@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any, Iterator, Mapping
 
 from .. import storage
+from ..clitext import install_hint
 from ..errors import InvalidOptionError, InvalidSpecError, TooManyRejectedError
 from ..families import get_family
 from . import shards
@@ -51,7 +52,7 @@ def require_extras(engine: str = "local") -> None:
                 missing.append(extra)
     if missing:
         raise InvalidSpecError(
-            f"dataset preparation needs {' and '.join(missing)} support: pip install \"vlutils[{','.join(missing)}]\"")
+            f"dataset preparation needs {' and '.join(missing)} support: {install_hint(*missing)}")
 
 
 def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_length: int | None = None,

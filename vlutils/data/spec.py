@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
 
 from .. import storage
+from ..clitext import install_hint
 from ..errors import InvalidSpecError
 
 FORMATS = ("auto", "messages", "sharegpt", "llava")
@@ -127,7 +128,7 @@ def load_spec(path: str, storage_options: Mapping[str, str] | None = None) -> Da
         else:
             config = json.loads(text)
     except ImportError:
-        raise InvalidSpecError(f"{path}: YAML specs need pyyaml: pip install 'vlutils[data]'") from None
+        raise InvalidSpecError(f"{path}: YAML specs need pyyaml: {install_hint('data')}") from None
     except Exception as exc:  # json / yaml syntax errors
         raise InvalidSpecError(f"{path}: not valid JSON/YAML: {exc}") from None
     return parse_spec(config, dirname(path), path, storage_options=storage_options)
