@@ -193,6 +193,7 @@ def test_prepared_dataset_packs_with_train(mixture):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data")  # ray.data.read_parquet below, not prepare
 def test_ray_engine_with_a_killed_worker_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
     """--engine ray on a local Ray: one shard task SIGKILLs its worker process mid-job (marker
     file), Ray retries the task; the folder equals the local engine's byte for byte. Then the
