@@ -114,6 +114,29 @@ def test_two_nodes_share_the_shards_silently_with_the_local_bytes(cluster, data,
     assert not noisy, noisy
 
 
+def test_s3_records_media_and_output_on_two_nodes_equal_local_disk(cluster, data, s3_store, tmp_path):
+    """Spec, records and media in S3, output to S3, on both nodes; the S3 settings come from
+    flags only (the nodes' environment has none): they travel with the job, also to the media
+    fetches. Byte for byte the local engine's output on local disk."""
+    from tests.test_prepare_s3 import local_files, remote_files, upload
+
+    cluster_, _ = cluster
+    spec, tokenizer, _ = data
+    root = Path(spec).parent
+    bucket = s3_store.bucket("cluster")
+    upload(root, f"{bucket}/data", s3_store.storage_options)
+    s3_spec = f"{bucket}/data/mixture.json"
+    reference = tmp_path / "reference"
+    prepare(s3_spec, str(reference), str(tokenizer), workers=2, shard_size=2, storage_options=s3_store.storage_options)
+    flags = [f"--storage-option={k}={v}" for k, v in s3_store.storage_options.items()]
+    process = _start(_command(s3_spec, f"{bucket}/out", tokenizer) + flags, cluster_.address)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    nodes = re.search(r"shards built per node: \{(.*)\}", stderr).group(1)
+    assert len(nodes.split(",")) == 2, stderr
+    assert remote_files(f"{bucket}/out", s3_store.storage_options) == local_files(reference)
+
+
 def test_worker_node_lost_then_driver_killed_then_rerun(cluster, data, tmp_path):
     """The worker node dies while building a shard (Ray retries it on the head), then the driver
     is SIGKILLed; the rerun reuses every finished shard and the folder equals the local engine's."""
