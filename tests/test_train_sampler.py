@@ -122,9 +122,9 @@ def test_weights_by_source_name_and_deterministic_order():
         BudgetBatchSampler(sizes, 32768, 65536, sources=names, weights={"audio": 1})
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_rank_balance_8_ranks_realistic_mix(seed):
-    sizes, _ = realistic_mix(seed, 30000)
+@pytest.mark.parametrize("seed,n", [(0, 30000), (1, 30000), (2, 2000), (3, 2000)])  # 2000: only ~15 steps
+def test_rank_balance_8_ranks_realistic_mix(seed, n):
+    sizes, _ = realistic_mix(seed, n)
     per_rank = run_ranks(sizes, 8, max_tokens=32768, max_patches=65536, shuffle=True, seed=seed)
     check_batches(per_rank, sizes, 32768, 65536)
     costs = np.array([[batch_cost(sizes, b) for b in rank] for rank in per_rank])  # ranks x steps
