@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,10 +72,13 @@ class CostModel:
     patch_attention: float = 1.6e-6
 
     def sample_costs(self, sizes: np.ndarray) -> np.ndarray:
-        """Cost of each sample of an ``(N, 2)`` (tokens, patches) array."""
+        """Cost of each sample of an ``(N, 2)`` (tokens, patches) array, rounded to 1/16 token:
+        sums of such values are exact in float64 whatever the summation order, so every rank
+        (on any CPU) makes the same comparisons and the same plan."""
         t = sizes[:, 0].astype(np.float64)
         p = sizes[:, 1].astype(np.float64)
-        return self.token * t + self.patch * p + self.token_attention * t * t + self.patch_attention * p * p
+        cost = self.token * t + self.patch * p + self.token_attention * t * t + self.patch_attention * p * p
+        return np.rint(cost * 16.0) / 16.0
 
 
 @dataclass
@@ -112,7 +116,8 @@ def auto_window(sizes: np.ndarray, budget: np.ndarray) -> int:
     if len(sizes) == 0:
         return 64
     sample = sizes[:: max(1, len(sizes) // 100_000)]  # an estimate: 100,000 samples spread over the set
-    mean_share = float((sample / budget).max(1).mean())
+    shares = (sample / budget).max(1)
+    mean_share = math.fsum(shares.tolist()) / len(shares)  # correctly rounded: the same on every CPU
     per_batch = 1.0 / max(mean_share, 1e-6)
     return int(min(max(BINS_PER_WINDOW * per_batch, 64), 16384))
 
