@@ -9,9 +9,8 @@ rest of the conversation, and the resized media are kept so that the row stores 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from .records import parse_record
 from .rows import encode_row
@@ -30,16 +29,43 @@ class Job:
     path: str
 
 
-def load_tokenizer(path: str) -> Any:
-    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a folder holding one."""
-    from tokenizers import Tokenizer
-
+def tokenizer_file(path: str, storage_options: Mapping[str, str] | None = None) -> str:
+    """The ``tokenizer.json`` that ``path`` names: the file itself or the one in that folder."""
+    from .. import storage
     from ..errors import InvalidSpecError
 
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise InvalidSpecError(f"{path}: no tokenizer.json there")
-    return Tokenizer.from_file(file)
+    try:
+        if storage.exists(path, storage_options=storage_options) and not _is_file(path, storage_options):
+            path = storage.join(path, "tokenizer.json")
+        if _is_file(path, storage_options):
+            return path
+    except storage.StorageError as exc:
+        raise InvalidSpecError(f"tokenizer {path}: {exc}") from None
+    raise InvalidSpecError(f"{path}: no tokenizer.json there")
+
+
+def _is_file(path: str, storage_options: Mapping[str, str] | None) -> bool:
+    from pyarrow import fs
+
+    from .. import storage
+
+    filesystem, inner = storage.resolve(path, storage_options=storage_options)
+    return filesystem.get_file_info(inner).type == fs.FileType.File
+
+
+def read_tokenizer_json(path: str, storage_options: Mapping[str, str] | None = None) -> str:
+    """The text of the tokenizer that ``path`` names (local, file:// or s3://)."""
+    from .. import storage
+
+    return storage.read_bytes(tokenizer_file(path, storage_options), storage_options=storage_options).decode()
+
+
+def load_tokenizer(path: str | None, tokenizer_json: str | None = None,
+                   storage_options: Mapping[str, str] | None = None) -> Any:
+    """A ``tokenizers.Tokenizer`` from its JSON text, a ``tokenizer.json`` file or a folder holding one."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json if tokenizer_json is not None else read_tokenizer_json(path, storage_options))
 
 
 def _build_sample():
@@ -51,10 +77,12 @@ def _build_sample():
 class SampleBuilder:
     """Holds the tokenizer and settings; call it with a :class:`Job`."""
 
-    def __init__(self, spec: DatasetSpec, tokenizer_path: str, model_type: str):
+    def __init__(self, spec: DatasetSpec, tokenizer_path: str | None, model_type: str, *,
+                 tokenizer_json: str | None = None, storage_options: Mapping[str, str] | None = None):
         self.spec = spec
         self.model_type = model_type
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.storage_options = dict(storage_options or {})
+        self.tokenizer = load_tokenizer(tokenizer_path, tokenizer_json, storage_options)
         self.build_sample = _build_sample()
 
     def __call__(self, job: Job) -> dict:
@@ -67,13 +95,19 @@ class SampleBuilder:
             if not isinstance(exc, ValueError):
                 logger.warning("%s:%d: unexpected %s: %s", source.name, job.index, type(exc).__name__, exc)
             return {"kind": "rejected", "rejected": {
-                "source": source.name, "index": job.index, "error": type(exc).__name__, "message": str(exc)}}
+                "source": source.name, "index": job.index, "error": type(exc).__name__, "message": self._relative(str(exc))}}
         if row is None:
             return {"kind": "rejected", "rejected": {
                 "source": source.name, "index": job.index, "error": "Dropped",
                 "message": f"longer than max_length={self.spec.max_length} (truncation='drop')"}}
         row.update(source=source.name, index=job.index)
         return {"kind": "row", "row": row}
+
+    def _relative(self, message: str) -> str:
+        """Paths under the spec's folder named relative to it, so the rejected list does not depend on
+        where the data sits (the same data moved, or copied to object storage, gives the same bytes)."""
+        base = self.spec.base.rstrip("/")
+        return message.replace(base + "/", "") if base else message
 
     def _sample_row(self, messages: list[dict], name: str) -> dict | None:
         from ..inputs import fetch_media, split_video_metadata
