@@ -19,6 +19,8 @@ Three builders, each equal to its original:
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -34,6 +36,8 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # model.chat's default `
 MAX_WINDOW_SIZE = 6144  # Qwen-VL-Chat's generation_config.max_window_size
 IGNORE_INDEX = -100
 _ROLES = ("user", "assistant")
+# An image span written into text, as the tokenizer finds it (<img> then the next </img>).
+_INLINE_IMAGE = re.compile(r"<img>(.*?)</img>", re.DOTALL)
 
 
 def from_list_format(items: Sequence[dict]) -> str:
@@ -124,7 +128,8 @@ def _role_piece(tokenizer: QwenTiktokenTokenizer, role: str, content: Any, nl: l
 class Turns:
     """A conversation in the original's terms: ``system`` prompt, the ``turns`` as
     ``(role, text)`` in order (user / assistant alternating from a user turn), and the
-    image items in prompt order (``images``, their reference strings inside ``<img>``)."""
+    images in prompt order (``images``: the image items, and ``{"image": ref}`` for each
+    ``<img>ref</img>`` written directly in a text, which the original model loads from ``ref``)."""
 
     system: str
     turns: list[tuple[str, str]]
@@ -177,6 +182,7 @@ def conversation_turns(messages: Sequence[dict], system_prompt: str | None = Non
 
 def _content_text(content: Any, images: list[dict], where: str, system: bool = False) -> str:
     if isinstance(content, str):
+        _inline_images(content, images, where, system)
         return content
     if not isinstance(content, (list, tuple)):
         raise InvalidMessageError(f"'content' must be a string or a list of items, got {type(content).__name__}",
@@ -197,6 +203,7 @@ def _content_text(content: Any, images: list[dict], where: str, system: bool = F
         elif kind == "video":
             raise InvalidMessageError("Qwen-VL has no video input", position=at)
         elif kind == "text":
+            _inline_images(item["text"], images, at, system)
             items.append({"text": item["text"]})
         elif kind == "box":
             items.append({k: item[k] for k in ("ref", "box") if k in item})
@@ -207,6 +214,16 @@ def _content_text(content: Any, images: list[dict], where: str, system: bool = F
         return from_list_format(items)
     except InvalidMessageError as exc:
         raise InvalidMessageError(exc.reason, position=f"{where}, {exc.position}") from None
+
+
+def _inline_images(text: Any, images: list[dict], where: str, system: bool) -> None:
+    """Register each ``<img>ref</img>`` written in a text as an image whose source is ``ref``."""
+    if not isinstance(text, str):
+        return  # from_list_format reports the type
+    for match in _INLINE_IMAGE.finditer(unicodedata.normalize("NFC", text)):
+        if system:
+            raise InvalidMessageError("a system message cannot hold an image", position=where)
+        images.append({"image": match.group(1)})
 
 
 def _item_kind(item: dict) -> str | None:

@@ -75,8 +75,31 @@ def build_sample(
     ``process_vision_info`` returns them; when both are None the media is fetched here.
     """
     name = _name(options.pop("sample_id", None), messages)
+    if model_type == "qwen_vl":
+        return _build_qwen_vl(messages, tokenizer, max_length, truncation, images, videos, name, options)
     try:
         return _build(messages, tokenizer, model_type, max_length, truncation, images, videos, video_kwargs, name, options)
+    except VisionInputError as exc:
+        raise _named(exc, name) from None
+
+
+def _build_qwen_vl(messages, tokenizer, max_length, truncation, images, videos, name, options) -> dict | None:
+    """Qwen-VL's finetune.py samples (:func:`vlutils.inputs_qwen_vl.build_qwen_vl_sample`)."""
+    from ..inputs_qwen_vl import build_qwen_vl_sample
+
+    if truncation not in TRUNCATION_MODES:
+        raise InvalidOptionError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}", position=name)
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidOptionError(f"max_length must be a positive int or None, got {max_length!r}", position=name)
+    if videos is not None:
+        raise InvalidOptionError("model_type='qwen_vl' has no video input", position=name)
+    unknown = sorted(set(options) - {"label_style", "system_prompt", "image_size"})
+    if unknown:
+        raise InvalidOptionError(f"model_type='qwen_vl' takes label_style, system_prompt and image_size, "
+                                 f"not {unknown}", position=name)
+    try:
+        return build_qwen_vl_sample(messages, tokenizer, max_length=max_length, truncation=truncation,
+                                    images=images, name=name, **options)
     except VisionInputError as exc:
         raise _named(exc, name) from None
 
