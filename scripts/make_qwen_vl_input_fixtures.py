@@ -34,7 +34,6 @@ What is stored (all generated here from fixed seeds):
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import gzip
 import hashlib

@@ -167,3 +167,59 @@ def test_count_tokens_is_256_per_image(monkeypatch, tmp_path):
     with pytest.raises(SourceNotFoundError, match="message 0, item 0"):
         count_tokens([{"role": "user", "content": [{"type": "image", "image": str(tmp_path / "x.png")}]}],
                      model_type="qwen_vl")
+
+
+def test_prepare_stores_qwen_vl_samples_that_read_back_bit_identical(tmp_path):
+    """prepare(model_type="qwen_vl") on a JSONL with the tiny qwen.tiktoken: rows equal build_sample."""
+    import json
+    import shutil
+
+    from vlutils.data import PreparedDataset, prepare
+
+    pytest.importorskip("pyarrow")
+    for name in ("rgb_0.png", "rgba_1.png"):
+        shutil.copy(IMAGES / name, tmp_path / name)
+    shutil.copy(FIXTURES / "tiny.tiktoken", tmp_path / "qwen.tiktoken")
+    records = [
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "rgb_0.png"}, {"type": "text", "text": "x"}]},
+                      {"role": "assistant", "content": "<ref>a</ref><box>(1,2),(30,40)</box>"}]},
+        {"messages": [{"role": "user", "content": "<image>what?"}, {"role": "assistant", "content": "z"}],
+         "images": ["rgba_1.png"]},
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "missing.png"}]},
+                      {"role": "assistant", "content": "?"}]},
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    manifest = prepare(str(data), str(out), str(tmp_path), model_type="qwen_vl", workers=1)
+    assert manifest["counts"]["samples"] == 2 and manifest["counts"]["rejected"] == 1
+    dataset = PreparedDataset(str(out))
+    tok = tokenizer()
+    from vlutils.data import parse_record, load_spec
+    from vlutils.data.spec import iter_lines
+
+    source = load_spec(str(data)).sources[0]
+    for item, (index, line, path) in zip(dataset, iter_lines(source)):
+        expected = build_sample(parse_record(line, source, path), tok, "qwen_vl")
+        for key in ("input_ids", "labels", "position_ids", "pixel_values"):
+            assert torch.equal(item[key], expected[key]), key
+        assert item["pixel_values"].shape == (1, 3, 448, 448)
+    rows = [dataset._row(i) for i in range(len(dataset))]  # stored as resized uint8 images, not raw floats
+    assert all(r["pixel_values"] is None and (r["images"][0]["height"], r["images"][0]["width"]) == (448, 448)
+               for r in rows)
+
+
+def test_cli_reports_qwen_vl_images(tmp_path, capsys):
+    import json
+
+    from vlutils.cli import main
+
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(IMAGES / "rgb_4.jpg")},
+                                             {"type": "image", "image": str(tmp_path / "nope.png")}]}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(messages))
+    assert main([str(path), "--model-type", "qwen_vl", "--image-size", "224", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    good, bad = report["items"]
+    assert good["original_size"] == [450, 130] and good["resized_size"] == [224, 224] and good["visual_tokens"] == 256
+    assert bad["kind"] == "error" and "SourceNotFoundError" in bad["error"]

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from _qwen_vl_fixtures import FIXTURES, VOCAB, cases, list_to_items, reference, tokenizer
+from _qwen_vl_fixtures import VOCAB, cases, list_to_items, reference, tokenizer
 from vlutils import load_tokenizer
 from vlutils.chat_qwen_vl import conversation_turns, from_list_format, make_context, training_pieces
 from vlutils.errors import InvalidMessageError, TokenizerError

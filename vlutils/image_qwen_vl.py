@@ -19,6 +19,7 @@ orientation and an alpha channel is dropped by ``convert("RGB")``, not composite
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,11 +28,26 @@ from PIL import Image
 
 from .errors import InvalidOptionError
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "DEFAULT_IMAGE_SIZE", "qwen_vl_transform", "load_qwen_vl_image", "pixel_values"]
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "DEFAULT_IMAGE_SIZE", "QwenVLPreset", "qwen_vl_transform", "resize", "normalize",
+    "load_qwen_vl_image", "pixel_values",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_IMAGE_SIZE = 448  # Qwen-VL's visual.image_size
+
+
+@dataclass(frozen=True)
+class QwenVLPreset:
+    """Qwen-VL's vision settings where other families have a ``VisionPreset`` (datasets store it)."""
+
+    image_size: int = DEFAULT_IMAGE_SIZE
+    model_type: str = "qwen_vl"
+
+    def pixel_values(self, resized: Sequence[Any]) -> torch.Tensor | None:
+        """``(N, 3, S, S)`` from already resized S x S RGB images (None for none)."""
+        return torch.stack([normalize(image) for image in resized]) if len(resized) else None
 
 
 def check_image_size(image_size: Any) -> int:
@@ -46,9 +62,22 @@ def qwen_vl_transform(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE) 
     size = check_image_size(image_size)
     if not isinstance(image, Image.Image):
         raise InvalidOptionError(f"qwen_vl_transform takes a PIL image, got {type(image).__name__}")
+    return normalize(resize(image, size))
+
+
+def resize(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
+    """``convert("RGB")`` then PIL's bicubic resize to S x S (what torchvision's Resize does to a PIL image)."""
+    size = check_image_size(image_size)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    resized = rgb.resize((size, size), Image.BICUBIC)
-    array = np.asarray(resized, dtype=np.uint8)
+    return rgb.resize((size, size), Image.BICUBIC)
+
+
+def normalize(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """An RGB image (PIL, or an HxWx3 uint8 array) -> float32 (3, H, W): ToTensor's ``/ 255``,
+    then Normalize's per-channel ``(x - mean) / std``, in torchvision's order and dtype."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise InvalidOptionError(f"normalize takes an RGB image (H, W, 3), got shape {array.shape}")
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]

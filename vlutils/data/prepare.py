@@ -59,15 +59,18 @@ def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_
     if shard_size is not None:
         changes["shard_size"] = shard_size
     spec = replace(spec, **changes)
-    if spec.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-        raise InvalidSpecError(f"model_type must be qwen2_vl, qwen2_5_vl or qwen3_vl (got {spec.model_type!r})")
+    if spec.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen_vl"):
+        raise InvalidSpecError(f"model_type must be qwen2_vl, qwen2_5_vl, qwen3_vl or qwen_vl (got {spec.model_type!r})")
     if spec.shard_size is None:
         spec = replace(spec, shard_size=DEFAULT_SHARD_SIZE)
     return spec
 
 
 def _file_digest(path: str) -> str:
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    file = path
+    if os.path.isdir(path):
+        names = [n for n in ("tokenizer.json", "qwen.tiktoken") if os.path.isfile(os.path.join(path, n))]
+        file = os.path.join(path, names[0] if names else "tokenizer.json")
     with open(file, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
 
