@@ -163,3 +163,27 @@ def test_load_tokenizer_errors_name_the_path(tmp_path):
     broken.write_text("{")
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
         load_tokenizer(broken)
+
+
+def test_format_chat_gives_the_original_raw_text_and_reply_spans():
+    """format_chat / format_chat_with_spans with model_type="qwen_vl" (the family's ChatFormat)."""
+    from vlutils.chat import format_chat, format_chat_with_spans
+
+    tok = tokenizer()
+    for case, ref in zip(cases()["contexts"], reference()["contexts"]):
+        if case["max_window_size"] != 6144 or any(r is None for _, r in case["history"]):
+            continue
+        messages = [{"role": "system", "content": case["system"]}]
+        for query, response in case["history"]:
+            messages += [{"role": "user", "content": _content(query)}, {"role": "assistant", "content": response}]
+        messages.append({"role": "user", "content": _content(case["query"])})
+        assert format_chat(messages, model_type="qwen_vl") == ref["raw_text"]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo <box>(1,2),(3,4)</box>"},
+                {"role": "user", "content": "again"}, {"role": "assistant", "content": "ok"}]
+    text, spans = format_chat_with_spans(messages, model_type="qwen_vl")
+    assert [text[a:b] for _, a, b in spans] == ["yo <box>(1,2),(3,4)</box><|im_end|>", "ok<|im_end|>"]
+    assert [m for m, _, _ in spans] == [1, 3]
+    ids, _ = training_pieces(tok, conversation_turns(messages))
+    assert tok.decode(ids) == text
+    assert format_chat(messages[:1], model_type="qwen_vl", system_prompt=None).startswith(
+        "<|im_start|>system\n<|im_end|>\n")

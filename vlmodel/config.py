@@ -19,9 +19,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-# Per-family facts that config.json leaves implicit.  Keys are TextConfig/VisionConfig fields
-# ("text." / "vision." prefixes); "inputs" names the model type whose inputs (chat template,
-# processor, M-RoPE ids) vlutils builds for this family when it is not the family itself.
+from vlutils.families import get_family
+
+# Per-family architecture facts that config.json leaves implicit.  Keys are TextConfig/VisionConfig
+# fields ("text." / "vision." prefixes).  Input facts (chat template, preprocessing, position ids,
+# which dense family a MoE variant takes its inputs from) live in vlutils.families.
 _QWEN3_VISION = {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu_pytorch_tanh",
                  "vision.patch_bias": True, "vision.patch_size": 16, "vision.num_position_embeddings": 2304}
 _QWEN3_TEXT = {"text.qk_norm": True, "text.mrope_interleaved": True, "text.qkv_bias": None}
@@ -37,10 +39,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
                    "vision.hidden_act": "silu", "vision.window_size": 112,
                    "vision.fullatt_block_indexes": [7, 15, 23, 31]},
     "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
-    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
-                     "inputs": "qwen3_vl"},
+    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
     "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT},
-    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT, "inputs": "qwen3_5"},
+    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT},
 }
 LAYER_TYPES = ("full_attention", "linear_attention")  # token mixers, see vlmodel.decoder.MIXERS
 
@@ -139,8 +140,9 @@ class ModelConfig:
 
     @property
     def input_type(self) -> str:
-        """The ``model_type`` to give vlutils (build_inputs, get_rope_index) for this checkpoint."""
-        return FAMILIES[self.model_type].get("inputs", self.model_type)
+        """The ``model_type`` to give vlutils (build_inputs, get_rope_index) for this checkpoint:
+        the family's own, or the dense family's whose inputs a MoE variant shares."""
+        return get_family(self.model_type).inputs_model_type
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":

@@ -29,7 +29,7 @@ from .tiktoken_qwen import IM_END, IM_START, VL_TAGS, QwenTiktokenTokenizer
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT", "MAX_WINDOW_SIZE", "IGNORE_INDEX", "Turns", "from_list_format", "make_context",
-    "conversation_turns", "training_pieces", "image_reference",
+    "conversation_turns", "training_pieces", "image_reference", "format_qwen_vl", "format_qwen_vl_with_spans",
 ]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # model.chat's default ``system``
@@ -144,18 +144,19 @@ class Turns:
         return history, texts[-1]
 
 
-def conversation_turns(messages: Sequence[dict], system_prompt: str | None = None) -> Turns:
+def conversation_turns(messages: Sequence[dict], system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> Turns:
     """vlutils messages as the original's strings (see the module docstring).
 
     A leading ``system`` message gives the system prompt, else ``system_prompt`` (default:
-    "You are a helpful assistant.", what ``model.chat`` uses). Then user and assistant
+    "You are a helpful assistant.", what ``model.chat`` uses; None: an empty system turn, as
+    the original always writes one). Then user and assistant
     messages must alternate, starting with a user one. List contents go through
     :func:`from_list_format` (one per message, so pictures are numbered per message, as each
     original query is built); an image's reference string is :func:`image_reference`.
     """
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidMessageError("messages must be a non-empty list of dicts")
-    system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    system = "" if system_prompt is None else system_prompt
     if not isinstance(system, str):
         raise InvalidOptionError(f"system_prompt must be a str or None, got {type(system).__name__}")
     turns: list[tuple[str, str]] = []
@@ -308,3 +309,43 @@ def _boxes(value: Any, where: str) -> list[list[float]]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_qwen_vl(
+    messages: Sequence[dict],
+    *,
+    add_generation_prompt: bool = True,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    add_vision_id: bool = False,
+    enable_thinking: bool = True,
+) -> str:
+    """The prompt text (``format_chat(..., model_type="qwen_vl")``): ``make_context``'s
+    ``raw_text`` with a generation prompt (no ``max_window_size`` cut: that needs the
+    tokenizer), else the ``finetune.py`` text. Pictures are always numbered ("Picture N: ");
+    ``add_vision_id`` and ``enable_thinking`` have no effect. The model's ids are not this text
+    tokenized in one piece (see :func:`make_context`)."""
+    turns = conversation_turns(messages, system_prompt)
+    text = f"{IM_START}system\n{turns.system}{IM_END}"
+    if add_generation_prompt:
+        history, query = turns.history_and_query()
+        for turn_query, turn_response in history:
+            text += f"\n{IM_START}user\n{turn_query}{IM_END}\n{IM_START}assistant\n{turn_response}{IM_END}"
+        return text + f"\n{IM_START}user\n{query}{IM_END}\n{IM_START}assistant\n"
+    return text + "\n" + "".join(f"{IM_START}{role}\n{body}{IM_END}\n" for role, body in turns.turns)
+
+
+def format_qwen_vl_with_spans(
+    messages: Sequence[dict], *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, add_vision_id: bool = False
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """The ``finetune.py`` text and each assistant reply's ``(message_index, start, end)``
+    characters (its text and ``<|im_end|>``), like the other families' formatters."""
+    turns = conversation_turns(messages, system_prompt)
+    text = f"{IM_START}system\n{turns.system}{IM_END}\n"
+    offset = 1 if isinstance(messages[0], dict) and messages[0].get("role") == "system" else 0
+    spans = []
+    for index, (role, body) in enumerate(turns.turns):
+        text += f"{IM_START}{role}\n"
+        if role == "assistant":
+            spans.append((index + offset, len(text), len(text) + len(body) + len(IM_END)))
+        text += f"{body}{IM_END}\n"
+    return text, spans

@@ -19,6 +19,7 @@ from typing import Any
 
 from .constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
 from .errors import InvalidMessageError, VisionInputError, describe_source
+from .families import is_fixed_span, model_types
 from .image import image_source, load_image_item
 from .messages import VisionItem, item_source, iter_vision_items
 from .pool import run_parallel
@@ -116,7 +117,7 @@ def _video_report(item: VisionItem, patch: int) -> dict:
 def _run_item(item: VisionItem, patch: int, model_type: str | None = None, image_size: int = 448) -> dict:
     start = time.perf_counter()
     try:
-        if model_type == "qwen_vl":
+        if is_fixed_span(model_type):
             if item.is_video:
                 raise InvalidMessageError("Qwen-VL has no video input", item_source(item.element, "video"))
             report = _qwen_vl_image_report(item, image_size)
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("messages", help="JSON file: a list of messages, or a list of conversations")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--image-patch-size", type=int, default=14, help="14 (Qwen2/2.5-VL) or 16 (Qwen3-VL)")
-    parser.add_argument("--model-type", choices=["qwen_vl"], default=None,
+    parser.add_argument("--model-type", choices=[t for t in model_types("inputs") if is_fixed_span(t)], default=None,
                         help="qwen_vl: images as Qwen-VL / Qwen-VL-Chat sees them (S x S, 256 tokens each)")
     parser.add_argument("--image-size", type=int, default=448, help="Qwen-VL's visual.image_size (448)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")

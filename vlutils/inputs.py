@@ -15,16 +15,20 @@ from typing import Any, Sequence
 
 import torch
 
-from .chat import _DEFAULT, TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat, qwen3_timestamps
+from .chat import FAMILY_DEFAULT, expand_placeholders, format_chat, qwen3_timestamps
 from .errors import InvalidMessageError, InvalidOptionError
+from .families import Family, get_family, model_types
 from .processor import get_preset, patchify
 from .rope import get_rope_index
 
-__all__ = ["build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids", "sampled_fps"]
+__all__ = [
+    "build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids", "sampled_fps", "fetch_media",
+    "split_video_metadata", "video_timestamps", "nth",
+]
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen_vl")
+MODEL_TYPES = model_types("inputs")  # derived from vlutils.families
 QWEN3_DEFAULT_FPS = 24.0  # what transformers assumes when a Qwen3-VL video has no fps
 
 
@@ -37,7 +41,7 @@ def build_inputs(
     videos: Sequence[Any] | None = None,
     video_kwargs: dict | None = None,
     add_generation_prompt: bool = True,
-    system_prompt: str | None | object = _DEFAULT,
+    system_prompt: str | None | object = FAMILY_DEFAULT,
     add_vision_id: bool = False,
     padding_side: str = "left",
     pad_token_id: int | None = None,
@@ -63,19 +67,18 @@ def build_inputs(
     :func:`vlutils.load_tokenizer` and the options ``image_size`` (the checkpoint's
     ``visual.image_size``, 448) and ``max_window_size`` (6144); see :mod:`vlutils.inputs_qwen_vl`.
     """
-    if model_type not in MODEL_TYPES:
-        raise InvalidOptionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    family = get_family(model_type, "inputs")
     if padding_side not in ("left", "right"):
         raise InvalidOptionError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if model_type == "qwen_vl":
-        return _build_qwen_vl(messages_or_batch, tokenizer, images, videos, add_generation_prompt, system_prompt,
+    if family.pipeline == "fixed_span":
+        return _build_fixed_span(messages_or_batch, tokenizer, images, videos, add_generation_prompt, system_prompt,
                               add_vision_id, padding_side, pad_token_id, preset_overrides)
     preset = get_preset(model_type, **preset_overrides)
     conversations = _as_batch(messages_or_batch)
 
     if images is None and videos is None:
-        images, videos, video_kwargs = _fetch_media(conversations, model_type, preset.patch_size)
-    frames, metadata = _split_video_metadata(videos)
+        images, videos, video_kwargs = fetch_media(conversations, model_type, preset.patch_size)
+    frames, metadata = split_video_metadata(videos)
 
     texts = [
         format_chat(
@@ -89,9 +92,9 @@ def build_inputs(
 
     given_fps = (video_kwargs or {}).get("fps")
     timestamps = None
-    if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES and video_grid is not None:
+    if family.video_timestamps == "text" and video_grid is not None:
         timestamps = [
-            _video_timestamps(meta, len(video), preset.merge_size, i, _nth(given_fps, i))
+            video_timestamps(meta, len(video), preset.merge_size, i, nth(given_fps, i))
             for i, (meta, video) in enumerate(zip(metadata, frames))
         ]
     texts = expand_placeholders(
@@ -103,7 +106,7 @@ def build_inputs(
     input_ids, attention_mask = _tokenize_and_pad(texts, tokenizer, padding_side, _pad_id(tokenizer, pad_token_id))
 
     seconds = None
-    if model_type == "qwen2_5_vl" and video_grid is not None:
+    if family.video_timestamps == "second_per_grid_ts" and video_grid is not None:
         fps = given_fps if given_fps is not None else [sampled_fps(meta) for meta in metadata]
         seconds = torch.tensor(second_per_grid_ts_from_fps(fps, video_grid.shape[0], preset.temporal_patch_size))
 
@@ -156,9 +159,11 @@ def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int | None, video
 # --- helpers -------------------------------------------------------------------------
 
 
-def _build_qwen_vl(messages_or_batch, tokenizer, images, videos, add_generation_prompt, system_prompt,
-                   add_vision_id, padding_side, pad_token_id, options: dict) -> dict:
-    """build_inputs for Qwen-VL: its own prompt, tokenizer, image transform and 1-D positions."""
+def _build_fixed_span(messages_or_batch, tokenizer, images, videos, add_generation_prompt, system_prompt,
+                      add_vision_id, padding_side, pad_token_id, options: dict) -> dict:
+    """build_inputs for Qwen-VL (the "fixed_span" pipeline): its own prompt, tokenizer, image
+    transform and 1-D positions (:mod:`vlutils.inputs_qwen_vl`)."""
+    from .chat_qwen_vl import DEFAULT_SYSTEM_PROMPT
     from .inputs_qwen_vl import build_qwen_vl_inputs
 
     unknown = sorted(set(options) - {"image_size", "max_window_size"})
@@ -168,7 +173,7 @@ def _build_qwen_vl(messages_or_batch, tokenizer, images, videos, add_generation_
         raise InvalidOptionError("model_type='qwen_vl' has no video input")
     if add_vision_id:
         raise InvalidOptionError("Qwen-VL always numbers its pictures ('Picture N: '); add_vision_id does not apply")
-    system = None if system_prompt is _DEFAULT else ("" if system_prompt is None else system_prompt)
+    system = DEFAULT_SYSTEM_PROMPT if system_prompt is FAMILY_DEFAULT else system_prompt
     return build_qwen_vl_inputs(
         _as_batch(messages_or_batch), tokenizer, images=images, add_generation_prompt=add_generation_prompt,
         system_prompt=system, padding_side=padding_side, pad_token_id=pad_token_id, **options,
@@ -194,18 +199,21 @@ def _as_batch(messages_or_batch: Any) -> list:
     )
 
 
-def _fetch_media(conversations: list, model_type: str, patch_size: int):
-    """Media through vlutils' own process_vision_info (imported here to keep this module light)."""
+def fetch_media(conversations: list, model_type: str | Family, patch_size: int) -> tuple:
+    """``(images, videos, video_kwargs)`` of ``conversations`` through vlutils' own
+    process_vision_info (imported here to keep this module light), with the videos' metadata
+    when the family writes text timestamps (it needs the sampled frame indices)."""
     from .vision_process import process_vision_info
 
+    family = model_type if isinstance(model_type, Family) else get_family(model_type, "inputs")
     images, videos, video_kwargs = process_vision_info(
-        conversations, return_video_kwargs=True, return_video_metadata=model_type in TIMESTAMPED_VIDEO_MODEL_TYPES,
+        conversations, return_video_kwargs=True, return_video_metadata=family.video_timestamps == "text",
         image_patch_size=patch_size,
     )
     return images, videos, video_kwargs
 
 
-def _split_video_metadata(videos: Sequence[Any] | None) -> tuple[list | None, list]:
+def split_video_metadata(videos: Sequence[Any] | None) -> tuple[list | None, list]:
     """Videos may come as ``(frames, metadata)`` pairs (return_video_metadata=True)."""
     if videos is None:
         return None, []
@@ -231,13 +239,14 @@ def sampled_fps(meta: dict | None, default: float = 2.0) -> float:
     return len(meta["frames_indices"]) / meta["total_num_frames"] * meta["fps"]
 
 
-def _nth(values: Any, index: int) -> Any:
+def nth(values: Any, index: int) -> Any:
+    """``values[index]`` of a per-video list, a single number as is, None when absent."""
     if values is None or isinstance(values, (int, float)):
         return values
     return values[index] if index < len(values) else None
 
 
-def _video_timestamps(
+def video_timestamps(
     meta: dict | None, n_frames: int, merge_size: int, index: int, sample_fps: float | None = None
 ) -> list[float]:
     """Qwen3-VL timestamps from the sampled frame indices and the source fps. Without metadata,
@@ -299,3 +308,8 @@ def _tokenize_and_pad(texts: list[str], tokenizer: Any, side: str, pad_id: int) 
         input_ids[b, cols] = torch.tensor(row, dtype=torch.long)
         attention_mask[b, cols] = 1
     return input_ids, attention_mask
+
+
+# The names these helpers had when they were private; kept so that code written against them
+# (other branches, user code) keeps working. New code uses the public names.
+_fetch_media, _split_video_metadata, _video_timestamps, _nth = fetch_media, split_video_metadata, video_timestamps, nth

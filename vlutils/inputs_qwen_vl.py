@@ -21,7 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .chat_qwen_vl import MAX_WINDOW_SIZE, Turns, conversation_turns, make_context, training_pieces
+from .chat_qwen_vl import (
+    DEFAULT_SYSTEM_PROMPT, MAX_WINDOW_SIZE, Turns, conversation_turns, make_context, training_pieces,
+)
 from .errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
 from .image_qwen_vl import DEFAULT_IMAGE_SIZE, check_image_size, load_qwen_vl_image, qwen_vl_transform
 from .tiktoken_qwen import IMG_TOKEN_SPAN, QwenTiktokenTokenizer
@@ -39,7 +41,7 @@ def qwen_vl_prompt(
     tokenizer: QwenTiktokenTokenizer,
     *,
     add_generation_prompt: bool = True,
-    system_prompt: str | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_window_size: int = MAX_WINDOW_SIZE,
 ) -> tuple[list[int], list[dict]]:
     """The ids of one conversation and the image items they hold, in order.
@@ -64,7 +66,7 @@ def build_qwen_vl_inputs(
     *,
     images: Sequence[Any] | None = None,
     add_generation_prompt: bool = True,
-    system_prompt: str | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     padding_side: str = "left",
     pad_token_id: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
@@ -141,7 +143,7 @@ def build_qwen_vl_sample(
     images: Sequence[Any] | None = None,
     name: str = "conversation",
     label_style: str = "original",
-    system_prompt: str | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> dict | None:
     """``build_sample(..., model_type="qwen_vl")``: the ``finetune.py`` ids and labels of a whole

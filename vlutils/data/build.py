@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..families import is_fixed_span
 from .records import parse_record
 from .rows import encode_row
 from .spec import DatasetSpec
@@ -75,12 +76,12 @@ class SampleBuilder:
         return {"kind": "row", "row": row}
 
     def _sample_row(self, messages: list[dict], name: str) -> dict | None:
-        from ..inputs import _fetch_media, _split_video_metadata
+        from ..inputs import fetch_media, split_video_metadata
 
         preset = vision_preset(self.model_type, self.spec.options)
-        if self.model_type == "qwen_vl":
-            return self._qwen_vl_row(messages, name, preset)
-        images, videos, video_kwargs = _fetch_media([messages], self.model_type, preset.patch_size)
+        if is_fixed_span(self.model_type):
+            return self._fixed_span_row(messages, name, preset)
+        images, videos, video_kwargs = fetch_media([messages], self.model_type, preset.patch_size)
         # "drop" is run as "error" so that the rejected line carries the typed reason and both lengths
         truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
         sample = self.build_sample(
@@ -90,11 +91,11 @@ class SampleBuilder:
         )
         if sample is None:
             return None
-        frames, _ = _split_video_metadata(videos)
+        frames, _ = split_video_metadata(videos)
         return encode_row(sample, images or [], frames or [], preset)
 
 
-    def _qwen_vl_row(self, messages: list[dict], name: str, preset: Any) -> dict | None:
+    def _fixed_span_row(self, messages: list[dict], name: str, preset: Any) -> dict | None:
         """Qwen-VL: images fetched and resized once; the row stores them, the sample is built from them."""
         from ..chat_qwen_vl import conversation_turns
         from ..image_qwen_vl import load_qwen_vl_image, resize
@@ -102,7 +103,7 @@ class SampleBuilder:
         items = conversation_turns(messages, self.spec.options.get("system_prompt")).images
         resized = [resize(load_qwen_vl_image(item), preset.image_size) for item in items]
         truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
-        sample = self.build_sample(messages, self.tokenizer, "qwen_vl", max_length=self.spec.max_length,
+        sample = self.build_sample(messages, self.tokenizer, self.model_type, max_length=self.spec.max_length,
                                    truncation=truncation, images=resized, **{"sample_id": name, **self.spec.options})
         return None if sample is None else encode_row(sample, resized, [], preset)
 
@@ -112,7 +113,7 @@ def vision_preset(model_type: str, options: dict):
     (Qwen-VL: a :class:`~vlutils.image_qwen_vl.QwenVLPreset` with its ``image_size``)."""
     import dataclasses
 
-    if model_type == "qwen_vl":
+    if is_fixed_span(model_type):
         from ..image_qwen_vl import DEFAULT_IMAGE_SIZE, QwenVLPreset, check_image_size
 
         return QwenVLPreset(check_image_size(options.get("image_size", DEFAULT_IMAGE_SIZE)))

@@ -177,7 +177,9 @@ def decode_row(row: dict, preset: Any, with_pixels: bool = True) -> dict:
 def _remake(images: list | None, videos: list | None, preset: Any) -> dict:
     """Pixel tensors from stored uint8 media: patchify, or Qwen-VL's normalisation of its
     already resized S x S images (a :class:`~vlutils.image_qwen_vl.QwenVLPreset`)."""
-    if getattr(preset, "model_type", None) == "qwen_vl":
+    from ..image_qwen_vl import QwenVLPreset
+
+    if isinstance(preset, QwenVLPreset):
         return {"pixel_values": preset.pixel_values(images or []), "pixel_values_videos": None}
     from ..processor import patchify
 
