@@ -223,3 +223,28 @@ def test_cli_reports_qwen_vl_images(tmp_path, capsys):
     good, bad = report["items"]
     assert good["original_size"] == [450, 130] and good["resized_size"] == [224, 224] and good["visual_tokens"] == 256
     assert bad["kind"] == "error" and "SourceNotFoundError" in bad["error"]
+
+
+def test_safe_mode_applies_to_qwen_vl_images(tmp_path):
+    """Images go through vlutils' sources: a path outside the allowed roots is refused, the
+    image formats and pixel limits of the policy hold, allowed ones load."""
+    import shutil
+
+    from vlutils import policy
+    from vlutils.errors import UnsafeSourceError
+
+    inside = tmp_path / "media"
+    inside.mkdir()
+    shutil.copy(IMAGES / "rgb_0.png", inside / "ok.png")
+    shutil.copy(IMAGES / "rgb_7.bmp", inside / "old.bmp")
+    tok = tokenizer()
+
+    def messages(path):
+        return [{"role": "user", "content": [{"type": "image", "image": str(path)}]}]
+
+    with policy.use(policy.SafetyPolicy(allowed_roots=[str(inside)], image_formats=frozenset({"PNG"}))):
+        assert build_inputs(messages(inside / "ok.png"), tok, model_type="qwen_vl", image_size=28)["pixel_values"].shape[0] == 1
+        with pytest.raises(UnsafeSourceError, match="image 0"):
+            build_inputs(messages(IMAGES / "rgb_0.png"), tok, model_type="qwen_vl", image_size=28)
+        with pytest.raises(UnsafeSourceError, match="BMP"):
+            build_inputs(messages(inside / "old.bmp"), tok, model_type="qwen_vl", image_size=28)
