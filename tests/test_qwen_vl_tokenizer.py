@@ -129,6 +129,15 @@ def test_conversation_errors_are_typed():
         conversation_turns([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]).history_and_query()
 
 
+def test_tokenizer_pickles_for_worker_processes():
+    import pickle
+
+    tok = tokenizer()
+    again = pickle.loads(pickle.dumps(tok))
+    text = "Picture 1: <img>a.png</img>\nhello <ref>x</ref>"
+    assert again.encode(text) == tok.encode(text) and again.img_start_id == tok.img_start_id
+
+
 def test_load_tokenizer_reads_files_and_folders(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
