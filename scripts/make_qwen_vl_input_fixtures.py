@@ -376,8 +376,9 @@ def run_reference(out: Path) -> None:
             full[f"image_{i}"] = array
     results["images"] = hashes
     np.savez_compressed(out / "tensors.npz", **full)
-    with gzip.open(out / "reference.json.gz", "wt", encoding="utf-8") as handle:
-        json.dump(results, handle, ensure_ascii=False)
+    data = json.dumps(results, ensure_ascii=False).encode("utf-8")
+    with open(out / "reference.json.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+        handle.write(data)  # mtime=0: the same outputs give the same bytes
 
 
 def _finetune_preprocess(path: Path, ast):
