@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import shutil
+import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _qwen_vl_fixtures import VOCAB, cases, list_to_items, reference, tokenizer
 from vlutils import load_tokenizer
@@ -196,3 +199,20 @@ def test_format_chat_gives_the_original_raw_text_and_reply_spans():
     assert tok.decode(ids) == text
     assert format_chat(messages[:1], model_type="qwen_vl", system_prompt=None).startswith(
         "<|im_start|>system\n<|im_end|>\n")
+
+
+_PLAIN = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60).filter(lambda t: "<" not in t)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_PLAIN, reference=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
+    lambda t: "<" not in t and len(unicodedata.normalize("NFC", t).encode("utf-8")) <= 256))
+def test_round_trip_and_image_span_properties(text, reference):
+    """Any text decodes back to its NFC form; any image reference of <= 256 bytes becomes a
+    258-id span whose bytes read back as the NFC reference."""
+    tok = tokenizer()
+    assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFC", text)
+    ids = tok.encode(f"{text}<img>{reference}</img>{text}")
+    start = ids.index(tok.img_start_id)
+    assert ids[start + 257] == tok.img_end_id
+    assert tok.image_references(ids) == [unicodedata.normalize("NFC", reference)]
