@@ -28,7 +28,10 @@ from .errors import InvalidMessageError, InvalidOptionError, SampleTooLongError,
 from .image_qwen_vl import DEFAULT_IMAGE_SIZE, check_image_size, load_qwen_vl_image, qwen_vl_transform
 from .tiktoken_qwen import IMG_TOKEN_SPAN, QwenTiktokenTokenizer
 
-__all__ = ["MODEL_TYPE", "build_qwen_vl_inputs", "build_qwen_vl_sample", "count_qwen_vl_tokens", "qwen_vl_prompt"]
+__all__ = [
+    "MODEL_TYPE", "build_qwen_vl_inputs", "build_qwen_vl_sample", "count_qwen_vl_tokens", "qwen_vl_prompt",
+    "image_positions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def build_qwen_vl_inputs(
     _check_tokenizer(tokenizer)
     pad_id = tokenizer.pad_token_id if pad_token_id is None else int(pad_token_id)
     batched = len(conversations) > 1
-    rows, sources, where = [], [], []  # per kept image: its item and where errors say it is
+    rows, sources, counts = [], [], []  # sources: (conversation, image index, item) of each kept image
     for c, conversation in enumerate(conversations):
         try:
             ids, turns, kept = _prompt(conversation, tokenizer, add_generation_prompt, system_prompt, max_window_size)
@@ -108,11 +111,11 @@ def build_qwen_vl_inputs(
         rows.append(ids)
         first = len(turns.images) - kept
         sources += [(c, first + k, turns.images[first + k]) for k in range(kept)]
-        where.append(len(turns.images))
+        counts.append(len(turns.images))
     if images is not None:
-        given, offsets = list(images), [sum(where[:c]) for c in range(len(where))]
-        if len(given) != sum(where):
-            raise InvalidOptionError(f"{len(given)} image(s) given but the messages hold {sum(where)}")
+        given, offsets = list(images), [sum(counts[:c]) for c in range(len(counts))]
+        if len(given) != sum(counts):
+            raise InvalidOptionError(f"{len(given)} image(s) given but the messages hold {sum(counts)}")
         sources = [(c, k, {"image": given[offsets[c] + k]}) for c, k, _ in sources]
     labelled = [((f"conversation {c}, " if batched else "") + f"image {k}", item) for c, k, item in sources]
     input_ids, attention_mask = _pad(rows, pad_id, padding_side)
