@@ -261,3 +261,10 @@ def test_safe_mode_applies_to_qwen_vl_images(tmp_path):
             build_inputs(messages(IMAGES / "rgb_0.png"), tok, model_type="qwen_vl", image_size=28)
         with pytest.raises(UnsafeSourceError, match="BMP"):
             build_inputs(messages(inside / "old.bmp"), tok, model_type="qwen_vl", image_size=28)
+
+
+def test_get_rope_index_refuses_qwen_vl_clearly():
+    from vlutils import get_rope_index
+
+    with pytest.raises(InvalidOptionError, match="1-D position ids"):
+        get_rope_index(torch.tensor([[1, 2, 3]]), model_type="qwen_vl")
