@@ -268,3 +268,11 @@ def test_get_rope_index_refuses_qwen_vl_clearly():
 
     with pytest.raises(InvalidOptionError, match="1-D position ids"):
         get_rope_index(torch.tensor([[1, 2, 3]]), model_type="qwen_vl")
+
+
+def test_patchify_refuses_qwen_vl_clearly():
+    from vlutils.processor import PRESETS, get_preset
+
+    assert "qwen_vl" not in PRESETS
+    with pytest.raises(InvalidOptionError, match="does not patchify"):
+        get_preset("qwen_vl")
