@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from vlutils.clitext import install_hint
+
 from .config import ModelConfig
 from .model import VLModel
 from .weights import canonical_name, checkpoint_name, fuse_experts, unused
@@ -57,7 +59,7 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
     try:
         from safetensors.torch import load_file
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("loading checkpoints needs the 'safetensors' package (pip install vlutils[model])") from exc
+        raise ImportError(f"loading checkpoints needs the 'safetensors' package: {install_hint('model')}") from exc
     tensors: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:
