@@ -187,7 +187,8 @@ def test_prepare_stores_qwen_vl_samples_that_read_back_bit_identical(tmp_path):
     import json
     import shutil
 
-    from vlutils.data import PreparedDataset, prepare
+    from vlutils.data import PreparedDataset
+    from vlutils.data.prepare import prepare  # the package's lazy `prepare` is the submodule once imported
 
     pytest.importorskip("pyarrow")
     for name in ("rgb_0.png", "rgba_1.png"):
