@@ -13,7 +13,7 @@ Equal, id for id, to the ``QWenTokenizer`` of the Qwen-VL-Chat remote code
   ``b`` -> id ``b``), ``<imgpad>`` up to 256 positions, ``</img>``: 258 ids, whose 256 middle
   positions the model overwrites with the image's 256 Resampler outputs.
 
-The ``tiktoken`` package is an optional dependency (``pip install vlutils[qwen_vl]``).
+The ``tiktoken`` package is an optional dependency (``pip install "qwenvl-kit[qwen_vl]"``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class QwenTiktokenTokenizer:
             import tiktoken
         except ImportError:
             raise TokenizerError(
-                "the Qwen-VL tokenizer needs the tiktoken package: pip install 'vlutils[qwen_vl]'"
+                'the Qwen-VL tokenizer needs the tiktoken package: pip install "qwenvl-kit[qwen_vl]"'
             ) from None
         self.name = name
         self.mergeable_ranks = dict(ranks)
