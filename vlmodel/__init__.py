@@ -14,7 +14,8 @@ Read in this order:
 5. ``positions``, ``model``: M-RoPE ids and how vision and text meet (placeholders, DeepStack,
    packed rows, the loss);
 6. ``weights``, ``loading``: checkpoint names per family, then files into the model;
-7. ``generate``: prefill + cached decoding.
+7. ``generate``: prefill + cached decoding;
+8. ``quant``: GPTQ / AWQ / compressed-tensors checkpoints, their linear layers kept packed.
 
 Loads original Hugging Face checkpoints and reproduces transformers' logits; no
 transformers import at run time.

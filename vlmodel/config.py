@@ -137,6 +137,7 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     eos_token_id: list[int] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # config.json's quantization_config, read by vlmodel.quant
 
     @property
     def input_type(self) -> str:
@@ -197,6 +198,7 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
         vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
         eos_token_id=_as_list(raw.get("eos_token_id", text_raw.get("eos_token_id"))),
+        quantization=raw.get("quantization_config", text_raw.get("quantization_config")),
     )
 
 
