@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..families import is_fixed_span
 from .records import parse_record
 from .rows import encode_row
 from .spec import DatasetSpec
@@ -30,18 +31,23 @@ class Job:
 
 
 def tokenizer_file(path: str, storage_options: Mapping[str, str] | None = None) -> str:
-    """The ``tokenizer.json`` that ``path`` names: the file itself or the one in that folder."""
+    """The tokenizer file that ``path`` names: the file itself, or the ``tokenizer.json`` (else
+    the Qwen-VL ``qwen.tiktoken``) in that folder."""
     from .. import storage
     from ..errors import InvalidSpecError
+    from ..tokenizer import TIKTOKEN_FILE, TOKENIZER_JSON
 
     try:
         if storage.exists(path, storage_options=storage_options) and not _is_file(path, storage_options):
-            path = storage.join(path, "tokenizer.json")
+            for name in (TOKENIZER_JSON, TIKTOKEN_FILE):
+                candidate = storage.join(path, name)
+                if _is_file(candidate, storage_options):
+                    return candidate
         if _is_file(path, storage_options):
             return path
     except storage.StorageError as exc:
         raise InvalidSpecError(f"tokenizer {path}: {exc}") from None
-    raise InvalidSpecError(f"{path}: no tokenizer.json there")
+    raise InvalidSpecError(f"{path}: no {TOKENIZER_JSON} or {TIKTOKEN_FILE} there")
 
 
 def _is_file(path: str, storage_options: Mapping[str, str] | None) -> bool:
@@ -54,7 +60,8 @@ def _is_file(path: str, storage_options: Mapping[str, str] | None) -> bool:
 
 
 def read_tokenizer_json(path: str, storage_options: Mapping[str, str] | None = None) -> str:
-    """The text of the tokenizer that ``path`` names (local, file:// or s3://)."""
+    """The text of the tokenizer that ``path`` names (local, file:// or s3://): a tokenizer.json,
+    or a ``qwen.tiktoken`` vocabulary (base64 lines, ASCII)."""
     from .. import storage
 
     return storage.read_bytes(tokenizer_file(path, storage_options), storage_options=storage_options).decode()
@@ -62,10 +69,20 @@ def read_tokenizer_json(path: str, storage_options: Mapping[str, str] | None = N
 
 def load_tokenizer(path: str | None, tokenizer_json: str | None = None,
                    storage_options: Mapping[str, str] | None = None) -> Any:
-    """A ``tokenizers.Tokenizer`` from its JSON text, a ``tokenizer.json`` file or a folder holding one."""
+    """The tokenizer from its text (:func:`read_tokenizer_json`), a file or a folder holding one: a
+    ``tokenizers.Tokenizer`` for a tokenizer.json, Qwen-VL's tokenizer for a ``qwen.tiktoken``."""
+    text = tokenizer_json if tokenizer_json is not None else read_tokenizer_json(path, storage_options)
+    if not text.lstrip().startswith("{"):
+        from ..errors import InvalidSpecError, TokenizerError
+        from ..tiktoken_qwen import QwenTiktokenTokenizer
+
+        try:
+            return QwenTiktokenTokenizer.from_bytes(text.encode("ascii", "replace"), name=str(path or "qwen.tiktoken"))
+        except TokenizerError as exc:
+            raise InvalidSpecError(str(exc)) from None
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_str(tokenizer_json if tokenizer_json is not None else read_tokenizer_json(path, storage_options))
+    return Tokenizer.from_str(text)
 
 
 def _build_sample():
@@ -113,6 +130,8 @@ class SampleBuilder:
         from ..inputs import fetch_media, split_video_metadata
 
         preset = vision_preset(self.model_type, self.spec.options)
+        if is_fixed_span(self.model_type):
+            return self._fixed_span_row(messages, name, preset)
         images, videos, video_kwargs = fetch_media([messages], self.model_type, preset.patch_size)
         # "drop" is run as "error" so that the rejected line carries the typed reason and both lengths
         truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
@@ -126,10 +145,28 @@ class SampleBuilder:
         frames, _ = split_video_metadata(videos)
         return encode_row(sample, images or [], frames or [], preset)
 
+    def _fixed_span_row(self, messages: list[dict], name: str, preset: Any) -> dict | None:
+        """Qwen-VL: images fetched and resized once; the row stores them, the sample is built from them."""
+        from ..chat_qwen_vl import conversation_turns
+        from ..image_qwen_vl import load_qwen_vl_image, resize
+
+        items = conversation_turns(messages).images  # every image, in message order
+        resized = [resize(load_qwen_vl_image(item), preset.image_size) for item in items]
+        truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
+        sample = self.build_sample(messages, self.tokenizer, self.model_type, max_length=self.spec.max_length,
+                                   truncation=truncation, images=resized, **{"sample_id": name, **self.spec.options})
+        return None if sample is None else encode_row(sample, resized, [], preset)
+
 
 def vision_preset(model_type: str, options: dict):
-    """The patchify preset of ``model_type`` with any preset fields set in the spec's options."""
+    """The patchify preset of ``model_type`` with any preset fields set in the spec's options
+    (Qwen-VL: a :class:`~vlutils.image_qwen_vl.QwenVLPreset` with its ``image_size``)."""
     import dataclasses
+
+    if is_fixed_span(model_type):
+        from ..image_qwen_vl import DEFAULT_IMAGE_SIZE, QwenVLPreset, check_image_size
+
+        return QwenVLPreset(check_image_size(options.get("image_size", DEFAULT_IMAGE_SIZE)))
 
     from ..processor import VisionPreset, get_preset
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="a .jsonl dataset, or a mixture config (.json / .yaml); local, file:// or s3://")
     parser.add_argument("--out", required=True,
                         help="output folder or s3://bucket/prefix (rerun the same command to resume)")
-    parser.add_argument("--tokenizer", required=True, help="a tokenizer.json file or a folder holding one")
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer.json or qwen.tiktoken (Qwen-VL) file, or a folder holding one")
     parser.add_argument("--model-type", choices=model_types("prepare"), help="overrides the spec")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--workers", type=int,
