@@ -16,9 +16,12 @@ import os
 
 import torch
 
+from torch import nn
+
 from .config import ModelConfig
 from .model import VLModel
-from .weights import canonical_name, checkpoint_name, fuse_experts, unused
+from .qwen_vl import QwenVLModel
+from .weights import canonical_name, checkpoint_name, fuse_experts, split_fused_qkv, unused
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +73,16 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
     return tensors
 
 
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model class of ``config``'s family: :class:`QwenVLModel` for ``qwen_vl``, else :class:`VLModel`."""
+    return QwenVLModel(config) if config.model_type == "qwen_vl" else VLModel(config)
+
+
 def from_pretrained(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> VLModel:
+) -> VLModel | QwenVLModel:
     """Build the model described by ``path/config.json`` and load its weights.
 
     ``dtype=None`` keeps the dtype stored in the files; ``device=None`` means CPU.
@@ -84,9 +92,10 @@ def from_pretrained(
     config = ModelConfig.from_file(path)
     tensors = read_state_dict(path, config.model_type)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = VLModel(config)
+        model = build_model(config)
     expected = dict(model.state_dict())
     try:
+        tensors = split_fused_qkv(tensors)
         tensors = fuse_experts(tensors, {k: v.shape for k, v in expected.items()})
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
