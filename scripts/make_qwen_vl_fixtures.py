@@ -283,6 +283,15 @@ def main() -> None:
             meta["cases"].setdefault(case, {"query": spec["query"], "history": spec["history"], "raw_text": raw_text,
                                             "length": n})
             log.info("%s: %d tokens, greedy %s", key, n, gen[0, n:].tolist())
+        if variant == "base":  # training forward (dropout 0): the mean next-token loss with some labels ignored
+            ids = tensors["two_images.base.input_ids"][None]
+            labels = ids.clone()
+            labels[:, :20] = -100
+            ref_model.train()
+            tensors["train.labels"] = labels[0]
+            tensors["train.loss"] = ref_model(ids, labels=labels).loss.detach().reshape(1)
+            ref_model.eval()
+            log.info("train loss %.6f", tensors["train.loss"].item())
         ref_model.generation_config.eos_token_id = tok.eod_id
         # chat(): two turns, greedy, with the original's stop words and history handling
         gcfg = GenerationConfig(chat_format="chatml", eos_token_id=tok.eod_id, pad_token_id=tok.eod_id,

@@ -99,7 +99,8 @@ def from_pretrained(
         tensors = fuse_experts(tensors, {k: v.shape for k, v in expected.items()})
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
-    show = lambda names: [checkpoint_name(n, config.model_type) for n in names]  # noqa: E731
+    # checkpoint names, once each (Qwen-VL's q/k/v_proj all come from one c_attn)
+    show = lambda names: sorted({checkpoint_name(n, config.model_type) for n in names})  # noqa: E731
     tied = config.text.tie_word_embeddings
     if tied:
         expected.pop("lm_head.weight")
@@ -110,9 +111,9 @@ def from_pretrained(
     if unknown or missing:
         parts = [f"checkpoint {path} does not match its config ({config.model_type})"]
         if missing:
-            parts.append(f"missing {len(missing)} tensors: {_listing(show(missing))}")
+            parts.append(f"missing {len(show(missing))} tensors: {_listing(show(missing))}")
         if unknown:
-            parts.append(f"unknown {len(unknown)} tensors: {_listing(show(unknown))}")
+            parts.append(f"unknown {len(show(unknown))} tensors: {_listing(show(unknown))}")
         raise CheckpointError("; ".join(parts))
     wrong = [f"{checkpoint_name(k, config.model_type)} {tuple(tensors[k].shape)} != {tuple(v.shape)}"
              for k, v in expected.items() if tensors[k].shape != v.shape]
