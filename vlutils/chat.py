@@ -1,7 +1,9 @@
-"""ChatML prompts for Qwen2-VL-family models without a Jinja template, and placeholder expansion.
+"""Chat prompts in each family's template, without Jinja, and placeholder expansion.
 
-:func:`format_chat` renders messages exactly as the Qwen2-VL / Qwen2.5-VL chat template does
-(a default system prompt when the first message is not a system one; Qwen3-VL has none):
+:func:`format_chat` renders messages with the formatter of ``model_type``'s family
+(:mod:`vlutils.families`): ChatML as the Qwen2-VL / Qwen2.5-VL / Qwen3-VL templates write it
+(:mod:`vlutils.chat_qwen2`; a default system prompt for Qwen2-VL and Qwen2.5-VL only), or the
+Qwen3.5 template (:mod:`vlutils.chat_qwen35`):
 
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
     <|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\\n
@@ -9,8 +11,8 @@
 
 :func:`expand_placeholders` then turns each ``<|image_pad|>`` / ``<|video_pad|>`` into as many
 pads as the item has LLM tokens (``prod(grid_thw) // merge**2``), one counter across the batch,
-as transformers' processors do. Qwen3-VL videos become one ``<{t:.1f} seconds>`` + block per
-temporal patch instead.
+as transformers' processors do. In families with text timestamps (Qwen3-VL, Qwen3.5) a video
+becomes one ``<{t:.1f} seconds>`` + block per temporal patch instead.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ from typing import Any, Sequence
 
 import torch
 
-from .chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35
-from .errors import InvalidMessageError, InvalidOptionError
+from .chat_qwen2 import (
+    DEFAULT_SYSTEM_PROMPT,
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    item_kind,
+)
+from .errors import InvalidOptionError
+from .families import FAMILIES, get_family
 
 __all__ = [
     "TIMESTAMPED_VIDEO_MODEL_TYPES",
     "DEFAULT_SYSTEM_PROMPT",
+    "FAMILY_DEFAULT",
     "IMAGE_PAD",
     "VIDEO_PAD",
     "VISION_START",
@@ -39,15 +50,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
-IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
-_IMAGE_BLOCK = VISION_START + IMAGE_PAD + VISION_END
-_VIDEO_BLOCK = VISION_START + VIDEO_PAD + VISION_END
-_DEFAULT = object()
-# Families whose videos are one timestamped vision block per temporal patch, and no default system prompt.
-TIMESTAMPED_VIDEO_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+
+class _FamilyDefault:
+    """The ``system_prompt`` default: the family's own (see ``ChatFormat.default_system_prompt``)."""
+
+    def __repr__(self) -> str:
+        return "FAMILY_DEFAULT"
+
+
+FAMILY_DEFAULT: Any = _FamilyDefault()
+_DEFAULT = FAMILY_DEFAULT  # the name this sentinel had before; kept for code that used it
+# Families whose videos are one timestamped vision block per temporal patch (derived from vlutils.families).
+TIMESTAMPED_VIDEO_MODEL_TYPES = tuple(name for name, f in FAMILIES.items() if f.video_timestamps == "text")
 
 
 def format_chat(
@@ -55,11 +69,12 @@ def format_chat(
     *,
     model_type: str = "qwen2_vl",
     add_generation_prompt: bool = True,
-    system_prompt: str | None | object = _DEFAULT,
+    system_prompt: str | None | object = FAMILY_DEFAULT,
     add_vision_id: bool = False,
     enable_thinking: bool = True,
 ) -> str:
-    """One conversation as ChatML text with one vision block per image / video item.
+    """One conversation as ChatML text with one vision block per image / video item, in the
+    chat template of ``model_type``'s family (:mod:`vlutils.families`).
 
     ``system_prompt`` is added when the first message is not a system message; it defaults
     to "You are a helpful assistant." for Qwen2-VL / Qwen2.5-VL and to none for Qwen3-VL and
@@ -67,105 +82,36 @@ def format_chat(
     ``{"image": ...}``, ``{"image_url": ...}``, ``{"video": ...}``, ...). Qwen3.5 / Qwen3.5-MoE
     follow their own template (:mod:`vlutils.chat_qwen35`; ``enable_thinking`` only applies there).
     """
-    if model_type in QWEN35_MODEL_TYPES:
-        if isinstance(system_prompt, str) and messages and isinstance(messages, (list, tuple)) and (
-            not isinstance(messages[0], dict) or messages[0].get("role") != "system"
-        ):
-            messages = [{"role": "system", "content": system_prompt}, *messages]
-        return format_qwen35(
-            messages, add_generation_prompt=add_generation_prompt, add_vision_id=add_vision_id,
-            enable_thinking=enable_thinking,
-        )
-    if system_prompt is _DEFAULT:
-        system_prompt = None if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES else DEFAULT_SYSTEM_PROMPT
-    if not isinstance(messages, (list, tuple)):
-        raise InvalidMessageError(f"messages must be a list of dicts, got {type(messages).__name__}")
-    parts: list[str] = []
-    counts = {"image": 0, "video": 0}
-    for m, message in enumerate(messages):
-        where = f"message {m}"
-        if not isinstance(message, dict):
-            raise InvalidMessageError(f"a message must be a dict, got {type(message).__name__}", position=where)
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role:
-            raise InvalidMessageError("a message needs a 'role' string", position=where)
-        if m == 0 and role != "system" and system_prompt is not None:
-            parts.append(f"{IM_START}system\n{system_prompt}{IM_END}\n")
-        parts.append(f"{IM_START}{role}\n")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, (list, tuple)):
-            for i, item in enumerate(content):
-                parts.append(_render_item(item, counts, add_vision_id, f"{where}, item {i}"))
-        else:
-            raise InvalidMessageError(
-                f"'content' must be a string or a list of items, got {type(content).__name__}", position=where
-            )
-        parts.append(f"{IM_END}\n")
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+    chat = get_family(model_type, "inputs").chat
+    return chat.format(
+        messages, add_generation_prompt=add_generation_prompt, system_prompt=_system(system_prompt, chat),
+        add_vision_id=add_vision_id, enable_thinking=enable_thinking,
+    )
 
 
-def format_chat_with_spans(messages: Sequence[dict], **options: Any) -> tuple[str, list[tuple[int, int, int]]]:
-    """``format_chat(messages, add_generation_prompt=False, **options)`` and where each reply is.
+def format_chat_with_spans(
+    messages: Sequence[dict],
+    *,
+    model_type: str = "qwen2_vl",
+    system_prompt: str | None | object = FAMILY_DEFAULT,
+    add_vision_id: bool = False,
+    add_generation_prompt: bool = False,
+    enable_thinking: bool = True,
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """``format_chat(messages, add_generation_prompt=False, ...)`` and where each reply is.
 
     Returns ``(text, spans)``: one ``(message_index, start, end)`` per assistant message, the
-    characters ``text[start:end]`` being its rendered content followed by ``<|im_end|>``
-    (the header ``<|im_start|>assistant\\n`` and the newline after ``<|im_end|>`` are outside).
-    The boundaries come from rendering: message ``m`` is the text ``format_chat`` adds
-    between the first ``m`` and ``m + 1`` messages, so they follow the formatter exactly.
-    Used to build training labels (vlutils.train).
+    characters ``text[start:end]`` being its rendered output through ``<|im_end|>`` (the header
+    ``<|im_start|>assistant\n`` and the newline after ``<|im_end|>`` are outside). Used to
+    build training labels (vlutils.train). ``add_generation_prompt`` and ``enable_thinking``
+    are accepted and ignored: training text has no generation prompt.
     """
-    options["add_generation_prompt"] = False
-    text = format_chat(messages, **options)
-    spans: list[tuple[int, int, int]] = []
-    end = 0
-    for m, message in enumerate(messages):
-        prefix = format_chat(messages[: m + 1], **options)
-        if not text.startswith(prefix):  # a later message changed how earlier ones render
-            raise InvalidMessageError("the chat format is not prefix-consistent; cannot locate replies")
-        start, end = end, len(prefix)
-        if message.get("role") != "assistant":
-            continue
-        if m == 0:  # skip a default system prompt rendered before the first message
-            start = end - len(format_chat(messages[:1], **{**options, "system_prompt": None}))
-        header, footer = f"{IM_START}assistant\n", f"{IM_END}\n"
-        if not (text.startswith(header, start) and text.startswith(footer, end - len(footer))):
-            raise InvalidMessageError("assistant message does not render as a ChatML turn", position=f"message {m}")
-        spans.append((m, start + len(header), end - 1))
-    return text, spans
+    chat = get_family(model_type, "inputs").chat
+    return chat.format_with_spans(messages, system_prompt=_system(system_prompt, chat), add_vision_id=add_vision_id)
 
 
-def _render_item(item: Any, counts: dict, add_vision_id: bool, where: str) -> str:
-    if not isinstance(item, dict):
-        raise InvalidMessageError(f"a content item must be a dict, got {type(item).__name__}", position=where)
-    kind = item_kind(item)
-    if kind == "image":
-        counts["image"] += 1
-        return (f"Picture {counts['image']}: " if add_vision_id else "") + _IMAGE_BLOCK
-    if kind == "video":
-        counts["video"] += 1
-        return (f"Video {counts['video']}: " if add_vision_id else "") + _VIDEO_BLOCK
-    if kind == "text":
-        text = item["text"]
-        if not isinstance(text, str):
-            raise InvalidMessageError(f"'text' must be a string, got {type(text).__name__}", position=where)
-        return text
-    return ""  # unknown items render nothing, as in the template
-
-
-def item_kind(item: dict) -> str | None:
-    """'image', 'video', 'text' or None, with the precedence of the chat template (and of
-    process_vision_info, which also counts ``video_url`` items as videos)."""
-    kind = item.get("type")
-    if kind == "image" or "image" in item or "image_url" in item:
-        return "image"
-    if kind in ("video", "video_url") or "video" in item or "video_url" in item:
-        return "video"
-    if "text" in item:
-        return "text"
-    return None
+def _system(system_prompt: Any, chat) -> str | None:
+    return chat.default_system_prompt if system_prompt is FAMILY_DEFAULT else system_prompt
 
 
 def qwen3_timestamps(frame_indices: Sequence[int], fps: float, merge_size: int = 2) -> list[float]:
@@ -200,6 +146,7 @@ def expand_placeholders(
     image_tokens = _token_counts(image_grid_thw, merge_size)
     video_grids = [] if video_grid_thw is None else torch.as_tensor(video_grid_thw).tolist()
     video_tokens = _token_counts(video_grid_thw, merge_size)
+    timestamped = get_family(model_type, "inputs").video_timestamps == "text"
     counters = {"image": 0, "video": 0}
     out = []
     for text in texts:
@@ -215,7 +162,7 @@ def expand_placeholders(
                 raise InvalidOptionError(
                     f"the text has more {kind} placeholders than {kind}s ({len(available)} given)"
                 )
-            if kind == "video" and model_type in TIMESTAMPED_VIDEO_MODEL_TYPES:
+            if kind == "video" and timestamped:
                 pieces.append(_qwen3_video(video_grids[index], merge_size, video_timestamps, index))
             else:  # the piece holds exactly one pad (maybe inside its vision block)
                 pad = IMAGE_PAD if kind == "image" else VIDEO_PAD

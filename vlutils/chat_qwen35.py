@@ -24,9 +24,11 @@ from typing import Any, Sequence
 
 from .errors import InvalidMessageError
 
-__all__ = ["QWEN35_MODEL_TYPES", "format_qwen35", "format_qwen35_parts", "format_qwen35_with_spans"]
+__all__ = [
+    "format_qwen35", "format_qwen35_parts", "format_qwen35_with_spans", "format_qwen35_chat",
+    "format_qwen35_chat_with_spans",
+]
 
-QWEN35_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe")
 _IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 _VIDEO_BLOCK = "<|vision_start|><|video_pad|><|vision_end|>"
 
@@ -44,6 +46,39 @@ def format_qwen35(
         enable_thinking=enable_thinking,
     )
     return "".join(text for text, _ in parts)
+
+
+def format_qwen35_chat(
+    messages: Sequence[dict],
+    *,
+    add_generation_prompt: bool = True,
+    system_prompt: str | None = None,
+    add_vision_id: bool = False,
+    enable_thinking: bool = True,
+) -> str:
+    """:func:`format_qwen35` with the families' formatter signature: a ``system_prompt``
+    string is prepended as a system message when the first message is not one."""
+    if isinstance(system_prompt, str) and messages and isinstance(messages, (list, tuple)) and (
+        not isinstance(messages[0], dict) or messages[0].get("role") != "system"
+    ):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return format_qwen35(
+        messages, add_generation_prompt=add_generation_prompt, add_vision_id=add_vision_id,
+        enable_thinking=enable_thinking,
+    )
+
+
+def format_qwen35_chat_with_spans(
+    messages: Sequence[dict], *, system_prompt: str | None = None, add_vision_id: bool = False
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """:func:`format_qwen35_with_spans` with the families' signature: a ``system_prompt`` string
+    is prepended as a system message (the spans keep the caller's message indices)."""
+    prepend = isinstance(system_prompt, str) and not (
+        messages and isinstance(messages[0], dict) and messages[0].get("role") == "system"
+    )
+    full = [{"role": "system", "content": system_prompt}, *messages] if prepend else list(messages)
+    text, spans = format_qwen35_with_spans(full, add_vision_id=add_vision_id)
+    return text, [(m - prepend, a, b) for m, a, b in spans]
 
 
 def format_qwen35_parts(

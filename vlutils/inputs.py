@@ -15,16 +15,20 @@ from typing import Any, Sequence
 
 import torch
 
-from .chat import _DEFAULT, TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat, qwen3_timestamps
+from .chat import FAMILY_DEFAULT, expand_placeholders, format_chat, qwen3_timestamps
 from .errors import InvalidMessageError, InvalidOptionError
+from .families import Family, get_family, model_types
 from .processor import get_preset, patchify
 from .rope import get_rope_index
 
-__all__ = ["build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids", "sampled_fps"]
+__all__ = [
+    "build_inputs", "second_per_grid_ts_from_fps", "mm_token_type_ids", "sampled_fps", "fetch_media",
+    "split_video_metadata", "video_timestamps", "nth",
+]
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+MODEL_TYPES = model_types("inputs")  # derived from vlutils.families
 QWEN3_DEFAULT_FPS = 24.0  # what transformers assumes when a Qwen3-VL video has no fps
 
 
@@ -37,7 +41,7 @@ def build_inputs(
     videos: Sequence[Any] | None = None,
     video_kwargs: dict | None = None,
     add_generation_prompt: bool = True,
-    system_prompt: str | None | object = _DEFAULT,
+    system_prompt: str | None | object = FAMILY_DEFAULT,
     add_vision_id: bool = False,
     padding_side: str = "left",
     pad_token_id: int | None = None,
@@ -59,16 +63,15 @@ def build_inputs(
     ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``, ``position_ids``,
     ``rope_deltas`` and ``mm_token_type_ids`` (None where not applicable).
     """
-    if model_type not in MODEL_TYPES:
-        raise InvalidOptionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    family = get_family(model_type, "inputs")
     if padding_side not in ("left", "right"):
         raise InvalidOptionError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     preset = get_preset(model_type, **preset_overrides)
     conversations = _as_batch(messages_or_batch)
 
     if images is None and videos is None:
-        images, videos, video_kwargs = _fetch_media(conversations, model_type, preset.patch_size)
-    frames, metadata = _split_video_metadata(videos)
+        images, videos, video_kwargs = fetch_media(conversations, model_type, preset.patch_size)
+    frames, metadata = split_video_metadata(videos)
 
     texts = [
         format_chat(
@@ -82,9 +85,9 @@ def build_inputs(
 
     given_fps = (video_kwargs or {}).get("fps")
     timestamps = None
-    if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES and video_grid is not None:
+    if family.video_timestamps == "text" and video_grid is not None:
         timestamps = [
-            _video_timestamps(meta, len(video), preset.merge_size, i, _nth(given_fps, i))
+            video_timestamps(meta, len(video), preset.merge_size, i, nth(given_fps, i))
             for i, (meta, video) in enumerate(zip(metadata, frames))
         ]
     texts = expand_placeholders(
@@ -96,7 +99,7 @@ def build_inputs(
     input_ids, attention_mask = _tokenize_and_pad(texts, tokenizer, padding_side, _pad_id(tokenizer, pad_token_id))
 
     seconds = None
-    if model_type == "qwen2_5_vl" and video_grid is not None:
+    if family.video_timestamps == "second_per_grid_ts" and video_grid is not None:
         fps = given_fps if given_fps is not None else [sampled_fps(meta) for meta in metadata]
         seconds = torch.tensor(second_per_grid_ts_from_fps(fps, video_grid.shape[0], preset.temporal_patch_size))
 
@@ -168,18 +171,21 @@ def _as_batch(messages_or_batch: Any) -> list:
     )
 
 
-def _fetch_media(conversations: list, model_type: str, patch_size: int):
-    """Media through vlutils' own process_vision_info (imported here to keep this module light)."""
+def fetch_media(conversations: list, model_type: str | Family, patch_size: int) -> tuple:
+    """``(images, videos, video_kwargs)`` of ``conversations`` through vlutils' own
+    process_vision_info (imported here to keep this module light), with the videos' metadata
+    when the family writes text timestamps (it needs the sampled frame indices)."""
     from .vision_process import process_vision_info
 
+    family = model_type if isinstance(model_type, Family) else get_family(model_type, "inputs")
     images, videos, video_kwargs = process_vision_info(
-        conversations, return_video_kwargs=True, return_video_metadata=model_type in TIMESTAMPED_VIDEO_MODEL_TYPES,
+        conversations, return_video_kwargs=True, return_video_metadata=family.video_timestamps == "text",
         image_patch_size=patch_size,
     )
     return images, videos, video_kwargs
 
 
-def _split_video_metadata(videos: Sequence[Any] | None) -> tuple[list | None, list]:
+def split_video_metadata(videos: Sequence[Any] | None) -> tuple[list | None, list]:
     """Videos may come as ``(frames, metadata)`` pairs (return_video_metadata=True)."""
     if videos is None:
         return None, []
@@ -205,13 +211,14 @@ def sampled_fps(meta: dict | None, default: float = 2.0) -> float:
     return len(meta["frames_indices"]) / meta["total_num_frames"] * meta["fps"]
 
 
-def _nth(values: Any, index: int) -> Any:
+def nth(values: Any, index: int) -> Any:
+    """``values[index]`` of a per-video list, a single number as is, None when absent."""
     if values is None or isinstance(values, (int, float)):
         return values
     return values[index] if index < len(values) else None
 
 
-def _video_timestamps(
+def video_timestamps(
     meta: dict | None, n_frames: int, merge_size: int, index: int, sample_fps: float | None = None
 ) -> list[float]:
     """Qwen3-VL timestamps from the sampled frame indices and the source fps. Without metadata,
@@ -273,3 +280,8 @@ def _tokenize_and_pad(texts: list[str], tokenizer: Any, side: str, pad_id: int) 
         input_ids[b, cols] = torch.tensor(row, dtype=torch.long)
         attention_mask[b, cols] = 1
     return input_ids, attention_mask
+
+
+# The names these helpers had when they were private; kept so that code written against them
+# (other branches, user code) keeps working. New code uses the public names.
+_fetch_media, _split_video_metadata, _video_timestamps, _nth = fetch_media, split_video_metadata, video_timestamps, nth

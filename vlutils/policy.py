@@ -16,7 +16,7 @@ also reach DataLoader workers started with ``spawn``)::
 
     VLUTILS_SAFE_MODE=1                        # turn safe mode on with the defaults below
     VLUTILS_ALLOWED_ROOTS=/data:/srv/media     # local files allowed under these folders only
-    VLUTILS_ALLOWED_SCHEMES=https,data         # any of http, https, file, data, base64
+    VLUTILS_ALLOWED_SCHEMES=https,data         # any of http, https, file, data, base64, s3
     VLUTILS_ALLOWED_NETWORKS=10.1.2.0/24       # private networks that may still be fetched
     VLUTILS_SAFE_MAX_BYTES / _MAX_PIXELS / _MAX_FRAMES / _DECODE_TIMEOUT / _MAX_VIDEO_BYTES / _MAX_ITEMS
     VLUTILS_SAFE_IMAGE_FORMATS=JPEG,PNG,WEBP   # Pillow formats decoded ("*": all)
@@ -29,7 +29,8 @@ What safe mode enforces (every refusal is an :class:`~vlutils.errors.UnsafeSourc
 naming the input and the reason):
 
 * **schemes**: only ``allowed_schemes`` (``http``, ``https``, ``file`` for local paths
-  and ``file://`` URIs, ``data`` for ``data:`` URIs, ``base64`` for bare base64 text).
+  and ``file://`` URIs, ``data`` for ``data:`` URIs, ``base64`` for bare base64 text, ``s3``
+  for ``s3://`` objects: off by default, since they are read with the server's credentials).
   Raw ``bytes`` and in-memory images/arrays/tensors are always accepted: they were
   built by the caller's own code, not read from anywhere.
 * **local files**: the path (after ``..`` normalisation and symlink resolution with
@@ -76,8 +77,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-SCHEMES = frozenset({"http", "https", "file", "data", "base64"})
-DEFAULT_SAFE_SCHEMES = SCHEMES
+SCHEMES = frozenset({"http", "https", "file", "data", "base64", "s3"})
+# s3:// reads with the server's own credentials: an untrusted request must not pick the bucket unless allowed.
+DEFAULT_SAFE_SCHEMES = SCHEMES - {"s3"}
 # Pillow format names decoded in safe mode. Pillow can open ~40 formats; the rare ones
 # are rarely fuzzed, and EPS runs Ghostscript (a long CVE history) on the input.
 DEFAULT_SAFE_IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"})

@@ -19,55 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .errors import InvalidOptionError, VisionInputError
+from .families import FAMILIES, VisionPreset, get_family
 from .pool import run_parallel
 
 __all__ = ["VisionPreset", "PRESETS", "get_preset", "patchify", "patchify_image", "patchify_video"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class VisionPreset:
-    """The vision preprocessing constants of one model family."""
-
-    patch_size: int
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    rescale_factor: float = 1 / 255
-
-    @property
-    def factor(self) -> int:
-        """Image sides must be multiples of this (one merged LLM token covers factor x factor pixels)."""
-        return self.patch_size * self.merge_size
-
-
-PRESETS: dict[str, VisionPreset] = {
-    "qwen2_vl": VisionPreset(patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD),
-    "qwen2_5_vl": VisionPreset(patch_size=14, image_mean=CLIP_MEAN, image_std=CLIP_STD),
-    "qwen3_vl": VisionPreset(patch_size=16, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)),
-}
-# Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE ship Qwen3-VL's preprocessing (patch 16, mean = std = 0.5).
-PRESETS.update({name: PRESETS["qwen3_vl"] for name in ("qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")})
+# Every family's preset, keyed by model_type (from vlutils.families).
+PRESETS: dict[str, VisionPreset] = {name: f.vision for name, f in FAMILIES.items() if "inputs" in f.uses}
 
 
 def get_preset(model_type: str | VisionPreset = "qwen2_vl", **overrides: Any) -> VisionPreset:
     """The preset for ``model_type`` (or a given preset) with any field overridden."""
     if isinstance(model_type, VisionPreset):
         preset = model_type
-    elif model_type in PRESETS:
-        preset = PRESETS[model_type]
     else:
-        raise InvalidOptionError(f"model_type must be one of {sorted(PRESETS)} or a VisionPreset, got {model_type!r}")
+        preset = get_family(model_type, "inputs").vision
     fields = {f.name for f in dataclasses.fields(VisionPreset)}
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -35,12 +35,11 @@ import numpy as np
 import torch
 
 from .errors import InvalidOptionError
+from .families import get_family, model_types
 
 __all__ = ["MODEL_TYPES", "get_rope_index", "decode_position_ids"]
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
-# Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE place vision tokens exactly as Qwen3-VL does.
-_SAME_POSITIONS_AS = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5": "qwen3_vl", "qwen3_5_moe": "qwen3_vl"}
+MODEL_TYPES = model_types("inputs")  # derived from vlutils.families
 
 
 def get_rope_index(
@@ -67,9 +66,7 @@ def get_rope_index(
     patches (not merged), one row per image / video, in prompt order across the batch.
     With neither given, ids fall back to ``cumsum(attention_mask) - 1`` like transformers.
     """
-    if model_type not in MODEL_TYPES:
-        raise InvalidOptionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    model_type = _SAME_POSITIONS_AS.get(model_type, model_type)
+    style = get_family(model_type, "inputs").position_ids  # one of families.POSITION_STYLES
     if not isinstance(spatial_merge_size, int) or isinstance(spatial_merge_size, bool) or spatial_merge_size < 1:
         raise InvalidOptionError(f"spatial_merge_size must be a positive int, got {spatial_merge_size!r}")
     ids = _as_ids(input_ids)
@@ -80,12 +77,12 @@ def get_rope_index(
 
     image_grid = _as_grid(image_grid_thw, "image_grid_thw")
     video_grid = _as_grid(video_grid_thw, "video_grid_thw")
-    video_seconds = _as_seconds(second_per_grid_ts, video_grid.shape[0], model_type)
-    if model_type == "qwen3_vl":
+    video_seconds = _as_seconds(second_per_grid_ts, video_grid.shape[0], style)
+    if style == "mrope_per_frame":
         # One block per frame (timestamps carry the time): (t, h, w) -> t rows of (1, h, w).
         video_grid = np.repeat(video_grid, video_grid[:, 0], axis=0)
         video_grid[:, 0] = 1
-    layout = _Layout(model_type, spatial_merge_size, tokens_per_second, image_token_id, video_token_id, vision_start_token_id)
+    layout = _Layout(style, spatial_merge_size, tokens_per_second, image_token_id, video_token_id, vision_start_token_id)
 
     # The index arithmetic runs in numpy on the CPU: dozens of small vectorized steps, where
     # numpy's per-call cost is a fraction of torch's. The results go back to ids' device.
@@ -112,8 +109,8 @@ def get_rope_index(
 class _Layout:
     """The model-family constants that get_rope_index needs, bundled for the helpers."""
 
-    def __init__(self, model_type, merge, tokens_per_second, image_id, video_id, start_id):
-        self.model_type, self.merge, self.tokens_per_second = model_type, merge, tokens_per_second
+    def __init__(self, style, merge, tokens_per_second, image_id, video_id, start_id):
+        self.style, self.merge, self.tokens_per_second = style, merge, tokens_per_second
         self.image_id, self.video_id, self.start_id = image_id, video_id, start_id
 
 
@@ -302,7 +299,7 @@ def _block_grids(
         grid[~block_is_image] = video_grid
     if np.any(grid[:, 1:] < layout.merge):
         raise InvalidOptionError(f"grid heights and widths must be at least spatial_merge_size={layout.merge}")
-    if layout.model_type != "qwen2_5_vl":
+    if layout.style != "mrope_timed":
         return grid, None
     step = np.zeros(block_is_image.shape[0], dtype=video_seconds.dtype)
     step[~block_is_image] = video_seconds
@@ -383,9 +380,9 @@ def _as_grid(grid: Any, name: str) -> np.ndarray:
     return g.astype(np.int64)
 
 
-def _as_seconds(seconds: Any, n_videos: int, model_type: str) -> np.ndarray:
+def _as_seconds(seconds: Any, n_videos: int, style: str) -> np.ndarray:
     """Per-video seconds per temporal patch; float32 unless given as a float tensor (as transformers)."""
-    if seconds is None or model_type != "qwen2_5_vl":
+    if seconds is None or style != "mrope_timed":
         return np.ones(n_videos, dtype=np.float32)
     if isinstance(seconds, torch.Tensor) and seconds.dtype.is_floating_point:
         s = seconds.detach().cpu().flatten()

@@ -1,4 +1,4 @@
-"""Where media bytes come from: local paths, file:// URIs, http(s) URLs, data: URIs,
+"""Where media bytes come from: local paths, file:// URIs, http(s) URLs, s3:// objects, data: URIs,
 bare base64, raw bytes, and in-memory objects (PIL images, arrays, tensors).
 
 One job: turn whatever the user put in a content item into a :class:`Source`
@@ -308,6 +308,37 @@ def fetch_url_bytes(url: str, settings: FetchSettings | None = None) -> bytes:
 # ------------------------------------------------------------------------ strings
 
 
+def _object_storage_error(exc: Exception, original: Any) -> VisionInputError:
+    from . import storage
+
+    if isinstance(exc, storage.StorageNotFoundError):
+        return SourceNotFoundError(f"no such object: {exc.reason}", original)
+    if "limit" in getattr(exc, "reason", ""):
+        return SizeLimitError(exc.reason, original)
+    return FetchError(f"object storage: {getattr(exc, 'reason', exc)}", original)
+
+
+def fetch_object_bytes(uri: str, settings: FetchSettings, original: Any = None) -> bytes:
+    """Read an ``s3://`` object (credentials and endpoint: see :mod:`vlutils.storage`) under the byte cap."""
+    from . import storage
+
+    try:
+        data = storage.read_bytes(uri, max_bytes=settings.max_bytes, storage_options=_object_timeouts(settings))
+    except ImportError:
+        raise UnsupportedSourceError(
+            's3:// sources need pyarrow: pip install "qwenvl-kit[data]"', original if original is not None else uri
+        ) from None
+    except storage.StorageError as exc:
+        raise _object_storage_error(exc, original if original is not None else uri) from None
+    if not data:
+        raise UnsupportedSourceError("object is empty (0 bytes)", original if original is not None else uri)
+    return data
+
+
+def _object_timeouts(settings: FetchSettings) -> dict[str, str]:
+    return {"connect_timeout": str(settings.connect_timeout), "request_timeout": str(settings.read_timeout)}
+
+
 def parse_data_uri(uri: str) -> bytes:
     """Decode a ``data:[<mediatype>][;base64],<payload>`` URI."""
     header, sep, payload = uri.partition(",")
@@ -377,8 +408,8 @@ def _check_local_path(path: str, original: Any) -> str:
 def resolve_source(value: Any, settings: FetchSettings | None = None, *, download_urls: bool = True) -> Source:
     """Classify ``value`` and fetch remote bytes. Nothing is decoded here.
 
-    With ``download_urls=False`` an http(s) URL is returned as ``kind="url"`` (``path``
-    holds the URL) so that video code can stream it to a temporary file instead.
+    With ``download_urls=False`` an http(s) URL is returned as ``kind="url"`` and an ``s3://`` URI as
+    ``kind="s3"`` (``path`` holds the URL) so that video code can stream it to a temporary file instead.
     """
     _cancel.check()
     settings = _policy.apply(settings if settings is not None else FetchSettings.from_env())
@@ -412,6 +443,11 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
         if not download_urls:
             return Source("url", value, path=text)
         return Source("bytes", value, data=fetch_url_bytes(text, settings))
+    if lowered.startswith("s3://"):
+        _policy.check_scheme("s3", value)
+        if not download_urls:
+            return Source("s3", value, path=text)
+        return Source("bytes", value, data=fetch_object_bytes(text, settings, value))
     if lowered.startswith("file://"):
         return Source("path", value, path=_check_local_path(_policy.check_path(file_uri_to_path(text), value), value))
     if lowered.startswith("data:"):
@@ -427,6 +463,30 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
         _policy.check_scheme("base64", value)
         return Source("bytes", value, data=decode_base64(text, value))
     raise SourceNotFoundError("no such file (and not a URL, data URI or base64 string)", value)
+
+
+def _download_object(uri: str, dest: BinaryIO, settings: FetchSettings, original: Any) -> int:
+    """Stream an ``s3://`` object into ``dest`` under the byte cap (videos: decoders need a seekable file)."""
+    from . import storage
+
+    written = 0
+    try:
+        if storage.size(uri, storage_options=_object_timeouts(settings)) > settings.max_bytes:
+            raise SizeLimitError(f"object is over the {settings.max_bytes}-byte limit", original)
+        with storage.open_input_stream(uri, storage_options=_object_timeouts(settings)) as stream:
+            while chunk := stream.read(_CHUNK):
+                _cancel.check()
+                written += len(chunk)
+                if written > settings.max_bytes:
+                    raise SizeLimitError(f"object holds more than the {settings.max_bytes}-byte limit", original)
+                dest.write(chunk)
+    except ImportError:
+        raise UnsupportedSourceError('s3:// sources need pyarrow: pip install "qwenvl-kit[data]"', original) from None
+    except storage.StorageError as exc:
+        raise _object_storage_error(exc, original) from None
+    except OSError as exc:
+        raise FetchError(f"object storage: {_short(exc)}", original) from None
+    return written
 
 
 def _is_in_memory_image(value: Any) -> bool:
@@ -466,6 +526,8 @@ def local_file(value: Any, settings: FetchSettings | None = None, suffix: str = 
         with handle:
             if source.kind == "url":
                 download(source.path, handle, settings)
+            elif source.kind == "s3":
+                _download_object(source.path, handle, settings, value)
             else:
                 handle.write(source.data)
         if os.path.getsize(handle.name) == 0:

@@ -76,10 +76,10 @@ class SampleBuilder:
         return {"kind": "row", "row": row}
 
     def _sample_row(self, messages: list[dict], name: str) -> dict | None:
-        from ..inputs import _fetch_media, _split_video_metadata
+        from ..inputs import fetch_media, split_video_metadata
 
         preset = vision_preset(self.model_type, self.spec.options)
-        images, videos, video_kwargs = _fetch_media([messages], self.model_type, preset.patch_size)
+        images, videos, video_kwargs = fetch_media([messages], self.model_type, preset.patch_size)
         # "drop" is run as "error" so that the rejected line carries the typed reason and both lengths
         truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
         sample = self.build_sample(
@@ -89,7 +89,7 @@ class SampleBuilder:
         )
         if sample is None:
             return None
-        frames, _ = _split_video_metadata(videos)
+        frames, _ = split_video_metadata(videos)
         return encode_row(sample, images or [], frames or [], preset)
 
 

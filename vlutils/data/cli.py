@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ..errors import InvalidSpecError, VisionInputError
+from ..families import model_types
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="a .jsonl dataset, or a mixture config (.json / .yaml)")
     parser.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     parser.add_argument("--tokenizer", required=True, help="a tokenizer.json file or a folder holding one")
-    parser.add_argument("--model-type", choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), help="overrides the spec")
+    parser.add_argument("--model-type", choices=model_types("prepare"), help="overrides the spec")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--workers", type=int, help="worker processes (local) or actors (ray); default: by CPUs")
     parser.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")

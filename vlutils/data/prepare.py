@@ -17,7 +17,8 @@ import os
 from dataclasses import replace
 from typing import Any, Iterator
 
-from ..errors import InvalidSpecError
+from ..errors import InvalidOptionError, InvalidSpecError
+from ..families import get_family
 from . import shards
 from .build import Job
 from .progress import Progress
@@ -59,8 +60,10 @@ def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_
     if shard_size is not None:
         changes["shard_size"] = shard_size
     spec = replace(spec, **changes)
-    if spec.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-        raise InvalidSpecError(f"model_type must be qwen2_vl, qwen2_5_vl or qwen3_vl (got {spec.model_type!r})")
+    try:
+        get_family(spec.model_type, "prepare")
+    except InvalidOptionError as exc:
+        raise InvalidSpecError(f"spec: {exc.reason}") from None
     if spec.shard_size is None:
         spec = replace(spec, shard_size=DEFAULT_SHARD_SIZE)
     return spec

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidOptionError
+from ..families import FAMILIES, Family, get_family
 
 
 @dataclass(frozen=True)
@@ -29,28 +30,30 @@ class Convention:
     max_value: int | None  # largest integer ``to_model`` writes on the relative grid
 
 
-# The Qwen-VL paper normalises to [0, 1000); QwenLM's process_bbox tool (Qwen2-VL, reused for
-# Qwen3-VL) clamps to [0, 1000]; Qwen2.5-VL's clamps to [0, resized side - 1].
-CONVENTIONS = {
-    "qwen_vl": Convention("qwen_vl", "tags", 1000, 999),
-    "qwen2_vl": Convention("qwen2_vl", "tags", 1000, 1000),
-    "qwen2_5_vl": Convention("qwen2_5_vl", "json", None, None),
-    "qwen3_vl": Convention("qwen3_vl", "json", 1000, 1000),
-    "qwen3_5": Convention("qwen3_5", "json", 1000, 1000),
-}
+def _convention(family: Family) -> Convention:
+    style = family.grounding
+    return Convention(family.inputs_model_type, style.syntax, style.scale, style.max_value)
+
+
+# One convention per generation that grounds (a MoE variant is its dense family's: an alias).
+CONVENTIONS = {name: _convention(f) for name, f in FAMILIES.items()
+               if f.grounding is not None and f.shares_inputs_with is None}
 MODEL_TYPES = tuple(CONVENTIONS)
-_ALIASES = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5_moe": "qwen3_5"}  # transformers' model_type names
 
 
 def get_convention(model_type: Any) -> Convention:
     """The convention of ``model_type``; spelling is forgiving (``Qwen2.5-VL`` = ``qwen2_5_vl``)."""
-    if not isinstance(model_type, str):
-        raise InvalidOptionError(f"model_type must be a string, one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
-    key = model_type.strip().lower().replace("-", "_").replace(".", "_")
-    key = _ALIASES.get(key, key)
-    if key not in CONVENTIONS:
-        raise InvalidOptionError(f"unknown model_type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
-    return CONVENTIONS[key]
+    if isinstance(model_type, str) and model_type.strip().lower().replace("-", "_").replace(".", "_") in FAMILIES:
+        return _convention(get_family(model_type, "grounding", loose=True))
+    raise InvalidOptionError(f"unknown model_type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+
+
+def tags(model_type: str) -> tuple[str, str, str, str]:
+    """The (ref open, ref close, box open, box close) tags of a "tags" generation."""
+    family = get_family(model_type, "grounding", loose=True)
+    if family.grounding.tags is None:
+        raise InvalidOptionError(f"{family.title} writes boxes as JSON, not tags")
+    return family.grounding.tags
 
 
 def _check_size(name: str, size: Any) -> tuple[float, float]:

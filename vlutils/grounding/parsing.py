@@ -98,7 +98,7 @@ def _parse(text: str, model_type: str) -> list[dict]:
         found, spans = _json_objects(text.replace("'", '"'))  # same length: positions still hold
     found += _tag_objects(text, spans)
     found += _xml_points(text, spans)
-    if not found and model_type in ("qwen_vl", "qwen2_vl") and "<box>" not in text and "<|box_start|>" not in text:
+    if not found and get_convention(model_type).syntax == "tags" and "<box>" not in text and "<|box_start|>" not in text:
         found = [(m.start(), _make("box", m.groups(), None)) for m in _BARE_BOX_RE.finditer(text)]
     found.sort(key=lambda item: item[0])
     return [obj for _, obj in found if obj is not None]

@@ -12,12 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidOptionError
-from .conventions import get_convention, object_geometry
+from .conventions import get_convention, object_geometry, tags
 
-_TAGS = {
-    "qwen_vl": ("<ref>", "</ref>", "<box>", "</box>"),
-    "qwen2_vl": ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"),
-}
 
 
 def format(objects: Sequence[Mapping], model_type: str, *, fence: bool = True) -> str:  # noqa: A001
@@ -35,7 +31,7 @@ def format(objects: Sequence[Mapping], model_type: str, *, fence: bool = True) -
     conv = get_convention(model_type)
     items = [_item(obj, i) for i, obj in enumerate(objects)]
     if conv.syntax == "tags":
-        return _tags(items, _TAGS[conv.model_type])
+        return _tags(items, tags(conv.model_type))
     lines = []
     for label, kind, values, extra in items:
         entry: dict[str, Any] = {"bbox_2d" if kind == "box" else "point_2d": values}

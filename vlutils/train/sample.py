@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..chat import TIMESTAMPED_VIDEO_MODEL_TYPES, expand_placeholders, format_chat_with_spans, item_kind
-from ..chat_qwen35 import QWEN35_MODEL_TYPES, format_qwen35_with_spans
+from ..chat import expand_placeholders, format_chat_with_spans, item_kind
 from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
-from ..inputs import _fetch_media, _nth, _split_video_metadata, _video_timestamps, build_inputs
+from ..families import get_family, model_types
+from ..inputs import build_inputs, fetch_media, nth, split_video_metadata, video_timestamps
 from ..processor import get_preset
 from .labels import encode_with_offsets, labels_from_spans
 from .shrink import Media, _take_metadata, apply, media_size, plan_shapes, shrink_candidates
@@ -29,7 +29,7 @@ __all__ = ["build_sample", "TRUNCATION_MODES"]
 logger = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("error", "drop", "shrink")
-TRAIN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", *QWEN35_MODEL_TYPES)
+TRAIN_MODEL_TYPES = model_types("train")  # derived from vlutils.families
 _CHAT_OPTIONS = ("system_prompt", "add_vision_id")
 _REFUSED = ("add_generation_prompt", "padding_side")
 
@@ -108,9 +108,10 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
         spans = spans[-1:]
 
     if images is None and videos is None:
-        images, videos, video_kwargs = _fetch_media([list(messages)], model_type, preset.patch_size)
-    frames, metadata = _split_video_metadata(videos)
-    fps = (video_kwargs or {}).get("fps") if model_type == "qwen2_5_vl" and frames else None
+        images, videos, video_kwargs = fetch_media([list(messages)], model_type, preset.patch_size)
+    frames, metadata = split_video_metadata(videos)
+    timed = get_family(model_type).video_timestamps == "second_per_grid_ts"
+    fps = (video_kwargs or {}).get("fps") if timed and frames else None
     media = Media(list(images or []), list(frames or []), metadata, None if fps is None else _as_list(fps, len(frames)))
 
     shapes = ([media_size(i) for i in media.images], [media_size(v, video=True) for v in media.frames])
@@ -149,18 +150,10 @@ def _build(messages, tokenizer, model_type, max_length, truncation, images, vide
 
 
 def _format_with_spans(messages, model_type: str, chat_options: dict) -> tuple[str, list]:
-    """The training text and each reply's ``(message_index, start, end)`` characters.
-
-    Qwen3.5 spans come from its formatter's reply pieces (its template is not
-    prefix-consistent); ``system_prompt`` is prepended as a system message, as format_chat does."""
-    if model_type not in QWEN35_MODEL_TYPES:
-        return format_chat_with_spans(messages, model_type=model_type, **chat_options)
-    system = chat_options.get("system_prompt")
-    prepend = isinstance(system, str) and not (messages and isinstance(messages[0], dict)
-                                               and messages[0].get("role") == "system")
-    full = [{"role": "system", "content": system}, *messages] if prepend else list(messages)
-    text, spans = format_qwen35_with_spans(full, add_vision_id=chat_options.get("add_vision_id", False))
-    return text, [(m - prepend, a, b) for m, a, b in spans]
+    """The training text and each reply's ``(message_index, start, end)`` characters, from the
+    family's formatter (Qwen3.5's spans come from its reply pieces: its template is not
+    prefix-consistent)."""
+    return format_chat_with_spans(messages, model_type=model_type, **chat_options)
 
 
 def _tokenize(text: str, spans: list, shapes: tuple, metadata: list, tokenizer: Any, model_type: str, preset,
@@ -175,8 +168,8 @@ def _tokenize(text: str, spans: list, shapes: tuple, metadata: list, tokenizer: 
     pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
     image_grid, video_grid = (_grids(s, preset) for s in shapes)
     timestamps = None
-    if model_type in TIMESTAMPED_VIDEO_MODEL_TYPES and video_grid is not None:
-        timestamps = [_video_timestamps(meta, n, preset.merge_size, i, _nth(given_fps, i))
+    if get_family(model_type).video_timestamps == "text" and video_grid is not None:
+        timestamps = [video_timestamps(meta, n, preset.merge_size, i, nth(given_fps, i))
                       for i, ((n, _, _), meta) in enumerate(zip(shapes[1], metadata))]
     pieces = expand_placeholders(pieces, image_grid, video_grid, merge_size=preset.merge_size,
                                  model_type=model_type, video_timestamps=timestamps)
@@ -237,9 +230,10 @@ def _name(sample_id: Any, messages: Any) -> str:
 
 
 def _check_options(model_type, truncation, train_on, max_length, options, name) -> None:
-    if model_type not in TRAIN_MODEL_TYPES:
-        raise InvalidOptionError(f"model_type must be one of {TRAIN_MODEL_TYPES}, got {model_type!r}",
-                                 position=name)
+    try:
+        get_family(model_type, "train")
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(exc.reason, position=name) from None
     if truncation not in TRUNCATION_MODES:
         raise InvalidOptionError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}", position=name)
     if train_on not in ("all", "last"):
