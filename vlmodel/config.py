@@ -150,6 +150,10 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     eos_token_id: list[int] = field(default_factory=list)
+    # "merger": a native-resolution ViT whose merged patches fill image placeholder tokens (Qwen2-VL
+    # and later, vlmodel.model.VLModel); "resampler": fixed-size images, 256 Resampler vectors after
+    # each <img> token (Qwen-VL, vlmodel.qwen_vl.QwenVLModel)
+    vision_kind: str = "merger"
 
     @property
     def input_type(self) -> str:
@@ -394,4 +398,5 @@ def _parse_qwen_vl(raw: dict[str, Any]) -> ModelConfig:
         vision_start_token_id=start,
         vision_end_token_id=start + QWEN_VL_IMAGE_END_OFFSET,
         eos_token_id=_as_list(raw.get("eos_token_id", start + QWEN_VL_ENDOFTEXT_OFFSET)),
+        vision_kind="resampler",
     )

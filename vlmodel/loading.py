@@ -74,8 +74,8 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The model class of ``config``'s family: :class:`QwenVLModel` for ``qwen_vl``, else :class:`VLModel`."""
-    return QwenVLModel(config) if config.model_type == "qwen_vl" else VLModel(config)
+    """The model for ``config``: :class:`QwenVLModel` (ViT + Resampler, Qwen-VL) or :class:`VLModel`."""
+    return QwenVLModel(config) if config.vision_kind == "resampler" else VLModel(config)
 
 
 def from_pretrained(
