@@ -20,9 +20,7 @@ Where the reference came from (recorded again in fixtures/qwen_vl/SOURCE.json):
 Run it (the reference environment is the target folder first on PYTHONPATH):
 
     git -C <mirror of x1ngzai/Qwen-VL-Chat-Int4> archive HEAD | tar -x -C /tmp/ref/qwen_vl_chat
-    pip install --target .refs/qwenvl_ref --no-deps transformers==4.32.0 tokenizers==0.13.3 \\
-        huggingface_hub==0.16.4 einops transformers_stream_generator==0.0.4 matplotlib contourpy \\
-        cycler fonttools kiwisolver pyparsing python-dateutil six
+    bash scripts/install_qwen_vl_ref.sh      # .refs/qwenvl_ref
     PYTHONPATH=.refs/qwenvl_ref .venv/bin/python scripts/make_qwen_vl_fixtures.py /tmp/ref/qwen_vl_chat
 
 What it writes (all float32, a few MB):

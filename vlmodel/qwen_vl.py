@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .decoder import Cache, TextModel
 from .generate import generate
 from .model import Output, next_token_loss
+from .qwen_vl_chat import chat
 from .qwen_vl_vision import QwenVLVisual
 
 
@@ -159,8 +160,20 @@ class QwenVLModel(nn.Module):
         return self.model.new_cache(batch, max_len, self.dtype, self.device)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
-        """The new tokens (B, T); see :func:`vlmodel.generate.generate` (``pixel_values`` for the images)."""
+        """The new tokens (B, T); see :func:`vlmodel.generate.generate` (``pixel_values`` for the images).
+
+        ``position_ids`` (B, L) from ``vlutils.build_inputs`` may come without ``rope_deltas``:
+        decoding then continues each row from its last position.
+        """
+        positions = kwargs.get("position_ids")
+        if positions is not None and kwargs.get("rope_deltas") is None:
+            positions = positions[0] if positions.ndim == 3 else positions
+            kwargs["rope_deltas"] = positions[:, -1:] + 1 - positions.shape[1]
         return generate(self, input_ids, **kwargs)
+
+    def chat(self, tokenizer, query: str, history: list | None = None, **kwargs) -> tuple[str, list]:
+        """The original ``model.chat``: ``(response, history)``; see :func:`vlmodel.qwen_vl_chat.chat`."""
+        return chat(self, tokenizer, query, history, **kwargs)
 
 
 def packed_positions(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
