@@ -42,4 +42,19 @@ if ! have "$REFS/tf523" 5.23.0; then
     pipi --target "$REFS/tf523" --no-deps "transformers==5.23.0"
 fi
 
+# Test-only references for the quantized formats (tests/_quant_checkpoints.py): the pure-PyTorch
+# pack/unpack code of AutoGPTQ 0.7.1 (qlinear_cuda.py) and AutoAWQ 0.2.9 (awq/utils/packing_utils.py).
+# Neither installs here (CUDA extensions; AutoAWQ is archived), so their sdists are downloaded and
+# extracted into .refs/src and the tests load just those files. compressed-tensors installs normally.
+SRC="$REFS/src"
+if [ ! -f "$SRC/auto_gptq-0.7.1/auto_gptq/nn_modules/qlinear/qlinear_cuda.py" ] ||
+   [ ! -f "$SRC/autoawq-0.2.9/awq/utils/packing_utils.py" ]; then
+    mkdir -p "$SRC"
+    tmp="$(mktemp -d)"
+    BUILD_CUDA_EXT=0 "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+        --no-build-isolation -d "$tmp" "auto-gptq==0.7.1" "autoawq==0.2.9"
+    for archive in "$tmp"/*.tar.gz; do tar xzf "$archive" -C "$SRC"; done
+    rm -rf "$tmp"
+fi
+
 echo "reference transformers installed under $REFS: $(ls "$REFS" | tr '\n' ' ')"

@@ -154,6 +154,7 @@ class ModelConfig:
     # and later, vlmodel.model.VLModel); "resampler": fixed-size images, 256 Resampler vectors after
     # each <img> token (Qwen-VL, vlmodel.qwen_vl.QwenVLModel)
     vision_kind: str = "merger"
+    quantization: dict[str, Any] | None = None  # config.json's quantization_config, read by vlmodel.quant
 
     @property
     def input_type(self) -> str:
@@ -217,6 +218,7 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
         vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
         eos_token_id=_as_list(raw.get("eos_token_id", text_raw.get("eos_token_id"))),
+        quantization=raw.get("quantization_config", text_raw.get("quantization_config")),
     )
 
 
@@ -399,4 +401,5 @@ def _parse_qwen_vl(raw: dict[str, Any]) -> ModelConfig:
         vision_end_token_id=start + QWEN_VL_IMAGE_END_OFFSET,
         eos_token_id=_as_list(raw.get("eos_token_id", start + QWEN_VL_ENDOFTEXT_OFFSET)),
         vision_kind="resampler",
+        quantization=raw.get("quantization_config"),  # Qwen-VL-Chat-Int4: GPTQ
     )

@@ -6,6 +6,9 @@ or as transformers 5.x writes them (``model.visual.*``, ``model.language_model.*
 mapped through the family's table in ``vlmodel.weights``; tied embeddings with no
 ``lm_head.weight`` in the file.  Any tensor left over, missing, or of the wrong shape is
 an error that lists them all (by their checkpoint names).
+
+Quantized checkpoints (a ``quantization_config`` in config.json: GPTQ, AWQ,
+compressed-tensors) load their quantized linear layers packed, see ``vlmodel.quant``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import VLModel
+from .quant import install as install_quantized
+from .quant import read_format
 from .qwen_vl import QwenVLModel
 from .weights import canonical_name, checkpoint_name, fuse_experts, split_fused_qkv, unused
 
@@ -90,12 +95,22 @@ def from_pretrained(
     """
     path = os.fspath(path)
     config = ModelConfig.from_file(path)
+    quant_format = read_format(config.quantization)
     tensors = read_state_dict(path, config.model_type)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = build_model(config)
-    expected = dict(model.state_dict())
     try:
-        tensors = split_fused_qkv(tensors)
+        tensors = split_fused_qkv(tensors)  # Qwen-VL's c_attn, float or quantized
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    quantized: list[str] = []
+    if quant_format is not None:  # packed layers are built now, from their own tensors (popped from `tensors`)
+        quantized = install_quantized(model, tensors, quant_format, device=target, dtype=dtype,
+                                      display=lambda n: checkpoint_name(n, config.model_type))
+    inside = tuple(name + "." for name in quantized)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(inside)}
+    try:
         tensors = fuse_experts(tensors, {k: v.shape for k, v in expected.items()})
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
@@ -119,9 +134,8 @@ def from_pretrained(
              for k, v in expected.items() if tensors[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"checkpoint {path}: tensors of the wrong shape: {_listing(wrong)}")
-    target = torch.device(device) if device is not None else torch.device("cpu")
     state = {k: t.to(device=target, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype) for k, t in tensors.items()}
-    model.load_state_dict(state, strict=not tied, assign=True)
+    model.load_state_dict(state, strict=not tied and not quantized, assign=True)
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     dtypes = {t.dtype for t in state.values()}

@@ -119,6 +119,10 @@ class VLModel(nn.Module):
         rope_deltas: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         cu_seqlens: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> Output:
         """Logits for ``input_ids`` (B, L); the mean next-token loss when ``labels`` are given.
 
@@ -133,7 +137,14 @@ class VLModel(nn.Module):
         positions (3, 1, L) are each sample's own (given, or computed per sample), and the
         last token of a sample never predicts the first of the next, so the mean loss is
         the token-weighted mean of the per-sample losses.  Training/scoring only (no cache).
+
+        ``inputs_embeds``, ``output_attentions``, ``output_hidden_states`` and ``return_dict``
+        exist because peft's ``PeftModelForCausalLM`` always passes them: only their unset
+        values (None/False; any ``return_dict``) are accepted.
         """
+        if inputs_embeds is not None or output_attentions or output_hidden_states:
+            raise ValueError("vlmodel takes input_ids (not inputs_embeds) and returns logits only "
+                             "(no attentions or hidden states)")
         past = cache.length if cache is not None else 0
         if cu_seqlens is not None:
             if cache is not None:
@@ -170,6 +181,11 @@ class VLModel(nn.Module):
         logits = self.lm_head(hidden)
         loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens)
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        """The forward arguments for one step (what peft's ``PeftModelForCausalLM`` looks up);
+        vlmodel's own :meth:`generate` does not go through it."""
+        return {"input_ids": input_ids, **kwargs}
 
     def new_cache(self, batch: int, max_len: int) -> Cache:
         """A decoding cache for ``batch`` rows of up to ``max_len`` tokens (one state per layer)."""

@@ -99,21 +99,30 @@ def canonical_name(name: str, model_type: str | None = None) -> str:
     return name
 
 
-_FUSED_QKV = re.compile(r"^(.*\.self_attn)\.qkv_proj\.(weight|bias)$")
+_FUSED_QKV = re.compile(r"^(.*\.self_attn)\.qkv_proj\.(\w+)$")
+# How each tensor of a fused q/k/v layer splits into three: along the output rows of a float
+# weight or bias, along the output columns of GPTQ / AWQ packed tensors (qweight (in, out),
+# qzeros (groups, out * bits / 32), scales (groups, out)); g_idx (one group per input) is shared.
+_QKV_SPLIT_DIM = {"weight": 0, "bias": 0, "qweight": 1, "qzeros": 1, "scales": 1, "g_idx": None}
 
 
 def split_fused_qkv(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Split every fused ``self_attn.qkv_proj`` (rows [q; k; v], Qwen-VL's ``c_attn``) into q/k/v_proj."""
+    """Split every fused ``self_attn.qkv_proj`` (Qwen-VL's ``c_attn``: [q; k; v]) into q/k/v_proj,
+    float or GPTQ/AWQ-packed."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         match = _FUSED_QKV.match(name)
         if not match:
             out[name] = tensor
             continue
-        if tensor.shape[0] % 3:
-            raise ValueError(f"{name}: fused q/k/v with {tensor.shape[0]} rows (not a multiple of 3)")
         prefix, kind = match.groups()
-        for part, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+        if kind not in _QKV_SPLIT_DIM:
+            raise ValueError(f"{name}: cannot split a fused q/k/v tensor of kind {kind!r}")
+        dim = _QKV_SPLIT_DIM[kind]
+        if dim is not None and tensor.shape[dim] % 3:
+            raise ValueError(f"{name}: fused q/k/v with {tensor.shape[dim]} outputs (not a multiple of 3)")
+        parts = (tensor,) * 3 if dim is None else tensor.chunk(3, dim=dim)
+        for part, chunk in zip(("q_proj", "k_proj", "v_proj"), parts):
             out[f"{prefix}.{part}.{kind}"] = chunk.contiguous()
     return out
 
