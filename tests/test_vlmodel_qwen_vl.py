@@ -215,3 +215,54 @@ def test_checkpoint_errors_name_original_tensors(tmp_path):
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"missing 1 tensors: transformer\.h\.1\.attn\.c_attn\.weight"):
         vlmodel.from_pretrained(renamed)
+
+
+def test_gptq_int4_checkpoint(tmp_path):
+    """A Qwen-VL-Chat-Int4-style checkpoint (GPTQ v1, 4 bits, symmetric, the decoder's c_attn / c_proj /
+    w1 / w2 packed, the ViT and lm_head float): each packed layer (c_attn split into q/k/v) unpacks to
+    AutoGPTQ's own dequantization, and the model gives the logits and greedy tokens of the float
+    checkpoint holding those dequantized weights."""
+    import re
+
+    from _quant_checkpoints import gptq_reference, gptq_tensors, random_quantized
+    from safetensors.torch import save_file
+
+    from vlmodel.quant import quantized_layers
+
+    state = {}
+    for file in sorted(CHECKPOINT.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    linear = re.compile(r"^(transformer\.h\.\d+\.(?:attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2|mlp\.c_proj))\.weight$")
+    names = sorted(m.group(1) for k in state if (m := linear.match(k)))
+    quant, dequant = dict(state), dict(state)
+    refs = {}
+    for k, name in enumerate(names):
+        out, inp = state[name + ".weight"].shape
+        q = random_quantized(out, inp, 4, 32, sym=True, seed=k)
+        packed = gptq_tensors(q, v1=True)
+        refs[name] = gptq_reference(packed, 4, q.group)
+        del quant[name + ".weight"]
+        quant.update({f"{name}.{s}": v for s, v in packed.items()})
+        dequant[name + ".weight"] = refs[name]
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    for folder, tensors, extra in (("q", quant, {"quantization_config": {
+            "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True,
+            "damp_percent": 0.01, "static_groups": False, "true_sequential": True, "model_file_base_name": "model"}}),
+            ("f", dequant, {})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(json.dumps({**config, **extra}))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / folder / "model.safetensors"))
+    ours = vlmodel.from_pretrained(tmp_path / "q", dtype=torch.float32)
+    float_model = vlmodel.from_pretrained(tmp_path / "f")
+    layers = quantized_layers(ours)
+    assert len(layers) == 2 * 7 and not any(n.startswith("visual.") for n in layers)
+    float_weights = dict(float_model.named_parameters())
+    for name, layer in layers.items():
+        assert torch.equal(layer.dequantize(), float_weights[name + ".weight"]), name
+    ids = REF["one_image.base.input_ids"][None]
+    with torch.no_grad():
+        got = ours(ids, pixel_values=pixels("one_image")).logits
+        want = float_model(ids, pixel_values=pixels("one_image")).logits
+    assert_close(got, want, rel=1e-3)
+    kwargs = dict(input_ids=ids, pixel_values=pixels("one_image"), max_new_tokens=8, stop_token_ids=[])
+    assert ours.generate(**kwargs).tolist() == float_model.generate(**kwargs).tolist()
