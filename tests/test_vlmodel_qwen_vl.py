@@ -219,9 +219,11 @@ def test_checkpoint_errors_name_original_tensors(tmp_path):
 
 def test_gptq_int4_checkpoint(tmp_path):
     """A Qwen-VL-Chat-Int4-style checkpoint (GPTQ v1, 4 bits, symmetric, the decoder's c_attn / c_proj /
-    w1 / w2 packed, the ViT and lm_head float): each packed layer (c_attn split into q/k/v) unpacks to
-    AutoGPTQ's own dequantization, and the model gives the logits and greedy tokens of the float
-    checkpoint holding those dequantized weights."""
+    w1 / w2 packed with g_idx and a bias each, the ViT and lm_head float; the same tensor names as the
+    released Int4 index, stored in fixtures/qwen_vl/int4_index.json.gz): each packed layer (c_attn split
+    into q/k/v) unpacks to AutoGPTQ's own dequantization, and the model gives the logits and greedy
+    tokens of the float checkpoint holding those dequantized weights."""
+    import gzip
     import re
 
     from _quant_checkpoints import gptq_reference, gptq_tensors, random_quantized
@@ -243,14 +245,21 @@ def test_gptq_int4_checkpoint(tmp_path):
         refs[name] = gptq_reference(packed, 4, q.group)
         del quant[name + ".weight"]
         quant.update({f"{name}.{s}": v for s, v in packed.items()})
+        quant.setdefault(name + ".bias", torch.zeros(out, dtype=torch.float16))  # as the Int4 files have
         dequant[name + ".weight"] = refs[name]
+
+    def patterns(keys):
+        return {re.sub(r"\.\d+\.", ".N.", k) for k in keys if ".visual.transformer." not in k}
+
+    released = json.loads(gzip.decompress((FIXTURES / "int4_index.json.gz").read_bytes()))["weight_map"]
+    assert patterns(quant) == patterns(released)
     config = json.loads((CHECKPOINT / "config.json").read_text())
-    for folder, tensors, extra in (("q", quant, {"quantization_config": {
-            "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True,
-            "damp_percent": 0.01, "static_groups": False, "true_sequential": True, "model_file_base_name": "model"}}),
-            ("f", dequant, {})):
+    released_config = json.loads((FIXTURES / "int4_config.json").read_text())["quantization_config"]
+    gptq = {**released_config, "group_size": 32}  # the released 128 exceeds the tiny layers' width
+    for folder, tensors, extra in (("q", quant, {"quantization_config": gptq}), ("f", dequant, {})):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "config.json").write_text(json.dumps({**config, **extra}))
+        tensors = {k: v.float() if k.endswith(".bias") else v for k, v in tensors.items()}
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / folder / "model.safetensors"))
     ours = vlmodel.from_pretrained(tmp_path / "q", dtype=torch.float32)
     float_model = vlmodel.from_pretrained(tmp_path / "f")
@@ -266,3 +275,17 @@ def test_gptq_int4_checkpoint(tmp_path):
     assert_close(got, want, rel=1e-3)
     kwargs = dict(input_ids=ids, pixel_values=pixels("one_image"), max_new_tokens=8, stop_token_ids=[])
     assert ours.generate(**kwargs).tolist() == float_model.generate(**kwargs).tolist()
+
+
+def test_released_int4_config_describes_qwen_vl_chat():
+    """The released Qwen-VL-Chat-Int4 config.json maps onto the architecture of the paper (9.6B parameters)."""
+    config = vlmodel.ModelConfig.from_file(FIXTURES / "int4_config.json")
+    assert (config.model_type, config.vision_kind, config.quantization["quant_method"]) == ("qwen_vl", "resampler", "gptq")
+    assert (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id) == (151857, 151858, 151859)
+    assert config.eos_token_id == [151643]
+    assert (config.vision.image_size, config.vision.num_queries, config.vision.mlp_dim) == (448, 256, 8192)
+    assert (config.text.intermediate_size, config.text.head_dim, config.text.seq_length) == (11008, 128, 2048)
+    with torch.device("meta"):
+        model = QwenVLModel(config)
+    params = sum(p.numel() for p in model.parameters()) + model.visual.attn_pool.pos_embed.numel()
+    assert 9.5e9 < params < 9.8e9
