@@ -9,7 +9,16 @@ import pytest
 
 from vlutils import families
 from vlutils.errors import InvalidOptionError
-from vlutils.families import FAMILIES, USES, Family, get_family, model_types
+from vlutils.families import FAMILIES, USES, Family, GroundingStyle, get_family, model_types
+from vlutils.families.base import CLIP_MEAN
+
+
+@pytest.fixture
+def grounding_only(monkeypatch):
+    """A registered family that supports grounding only (every real one now supports all uses)."""
+    toy = Family("toy_vl", "Toy-VL", frozenset({"grounding"}), grounding=GroundingStyle("json", 1000, 1000))
+    monkeypatch.setitem(FAMILIES, "toy_vl", toy)
+    return toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,7 +51,7 @@ def test_moe_variants_share_their_dense_family_inputs():
 def test_facts_match_the_published_processors():
     # patch 14 / CLIP statistics for Qwen2(.5)-VL, patch 16 / 0.5 for Qwen3-VL and Qwen3.5 (their
     # preprocessor_config.json files); merge 2 and temporal patch 2 everywhere.
-    for name in model_types("inputs"):
+    for name in [n for n in model_types("inputs") if FAMILIES[n].pipeline == "patches"]:
         vision = FAMILIES[name].vision
         assert (vision.merge_size, vision.temporal_patch_size) == (2, 2)
         assert vision.patch_size == (14 if name.startswith("qwen2") else 16)
@@ -52,13 +61,18 @@ def test_facts_match_the_published_processors():
     assert FAMILIES["qwen3_vl"].chat.default_system_prompt is None
     assert [FAMILIES[n].position_ids for n in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")] == [
         "mrope", "mrope_timed", "mrope_per_frame", "mrope_per_frame"]
+    # Qwen-VL (visual.py): patch 14, CLIP statistics, no merge, images only, 1-D positions, its own pipeline
+    qwen_vl = FAMILIES["qwen_vl"]
+    assert (qwen_vl.vision.patch_size, qwen_vl.vision.merge_size, qwen_vl.vision.image_mean) == (14, 1, CLIP_MEAN)
+    assert (qwen_vl.position_ids, qwen_vl.media, qwen_vl.pipeline) == ("text", frozenset({"image"}), "fixed_span")
+    assert qwen_vl.chat.default_system_prompt == "You are a helpful assistant."
 
 
-def test_errors_name_the_model_type_and_the_known_ones():
+def test_errors_name_the_model_type_and_the_known_ones(grounding_only):
     with pytest.raises(InvalidOptionError, match=r"unknown model_type 'llava'.*qwen2_vl.*qwen3_5_moe"):
         get_family("llava")
-    with pytest.raises(InvalidOptionError, match=r"'qwen_vl' \(Qwen-VL\) does not support train.*qwen2_vl"):
-        get_family("qwen_vl", "train")
+    with pytest.raises(InvalidOptionError, match=r"'toy_vl' \(Toy-VL\) does not support train.*qwen2_vl"):
+        get_family("toy_vl", "train")
     with pytest.raises(InvalidOptionError, match="must be a string"):
         get_family(None)
     with pytest.raises(InvalidOptionError, match="unknown model_type 'Qwen2.5-VL'"):
@@ -68,7 +82,7 @@ def test_errors_name_the_model_type_and_the_known_ones():
         model_types("serving")
 
 
-def test_entry_points_refuse_an_unsupported_family_clearly():
+def test_entry_points_refuse_an_unsupported_family_clearly(grounding_only):
     from vlutils.data.prepare import resolve_spec
     from vlutils.data.spec import DatasetSpec
     from vlutils.errors import InvalidSpecError
@@ -76,11 +90,15 @@ def test_entry_points_refuse_an_unsupported_family_clearly():
     from vlutils.train.sample import build_sample
 
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    for call in (lambda: build_inputs(messages, object(), "qwen_vl"), lambda: build_sample(messages, object(), "qwen_vl")):
+    for call in (lambda: build_inputs(messages, object(), "toy_vl"), lambda: build_sample(messages, object(), "toy_vl")):
+        with pytest.raises(InvalidOptionError, match="toy_vl"):
+            call()
+    with pytest.raises(InvalidSpecError, match="model_type 'toy_vl'"):
+        resolve_spec(DatasetSpec(sources=(), model_type="toy_vl"))
+    # Qwen-VL is supported everywhere, and refuses a tokenizer that is not its own by name
+    for call in (lambda: build_inputs(messages[:1], object(), "qwen_vl"), lambda: build_sample(messages, object(), "qwen_vl")):
         with pytest.raises(InvalidOptionError, match="qwen_vl"):
             call()
-    with pytest.raises(InvalidSpecError, match="model_type 'qwen_vl'"):
-        resolve_spec(DatasetSpec(sources=(), model_type="qwen_vl"))
 
 
 def test_vlmodel_families_are_vlutils_families():

@@ -59,6 +59,7 @@ _LAZY = {
     "aio": ("aprocess_vision_info", "afetch_image", "afetch_video"),
     "hf_inputs": ("processor_inputs",),
     "count": ("count_tokens",),
+    "tokenizer": ("load_tokenizer",),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 __all__ += list(_LAZY_NAMES)

@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from .constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
-from .errors import VisionInputError, describe_source
+from .errors import InvalidMessageError, VisionInputError, describe_source
+from .families import is_fixed_span, model_types
 from .image import image_source, load_image_item
 from .messages import VisionItem, item_source, iter_vision_items
 from .pool import run_parallel
@@ -68,6 +69,23 @@ def _image_report(item: VisionItem, patch: int) -> dict:
     }
 
 
+def _qwen_vl_image_report(item: VisionItem, image_size: int) -> dict:
+    """Qwen-VL: the image opened as the original does, resized to S x S, 256 positions."""
+    from .image_qwen_vl import load_qwen_vl_image, resize
+    from .tiktoken_qwen import IMG_TOKEN_SPAN
+
+    image = load_qwen_vl_image(item.element)
+    original = list(image.size)
+    resized = resize(image, image_size)
+    return {
+        "kind": "image",
+        "source": _describe(image_source(item.element)),
+        "original_size": original,
+        "resized_size": list(resized.size),
+        "visual_tokens": IMG_TOKEN_SPAN,
+    }
+
+
 def _video_report(item: VisionItem, patch: int) -> dict:
     from .video import fetch_video
 
@@ -96,10 +114,15 @@ def _video_report(item: VisionItem, patch: int) -> dict:
     }
 
 
-def _run_item(item: VisionItem, patch: int) -> dict:
+def _run_item(item: VisionItem, patch: int, model_type: str | None = None, image_size: int = 448) -> dict:
     start = time.perf_counter()
     try:
-        report = _video_report(item, patch) if item.is_video else _image_report(item, patch)
+        if is_fixed_span(model_type):
+            if item.is_video:
+                raise InvalidMessageError("Qwen-VL has no video input", item_source(item.element, "video"))
+            report = _qwen_vl_image_report(item, image_size)
+        else:
+            report = _video_report(item, patch) if item.is_video else _image_report(item, patch)
     except VisionInputError as exc:
         exc.with_position(item.position)
         report = {"kind": "error", "source": _describe(exc.source), "error": f"{type(exc).__name__}: {exc}"}
@@ -108,14 +131,16 @@ def _run_item(item: VisionItem, patch: int) -> dict:
     return report
 
 
-def run(path: str, image_patch_size: int = 14) -> dict:
-    """Process a messages file and return the report as a dict."""
+def run(path: str, image_patch_size: int = 14, model_type: str | None = None, image_size: int = 448) -> dict:
+    """Process a messages file and return the report as a dict. ``model_type="qwen_vl"``:
+    images as Qwen-VL sees them (S x S with ``image_size``, 256 positions each)."""
     with open(path, encoding="utf-8") as handle:
         conversations = json.load(handle)
     _rebase_paths(conversations, os.path.dirname(os.path.abspath(path)))
     items = iter_vision_items(conversations)
     start = time.perf_counter()
-    reports = run_parallel(lambda item: _run_item(item, image_patch_size), items, io_bound=True)
+    reports = run_parallel(lambda item: _run_item(item, image_patch_size, model_type, image_size), items,
+                           io_bound=True)
     total = {
         "items": len(reports),
         "errors": sum(r["kind"] == "error" for r in reports),
@@ -164,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("messages", help="JSON file: a list of messages, or a list of conversations")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--image-patch-size", type=int, default=14, help="14 (Qwen2/2.5-VL) or 16 (Qwen3-VL)")
+    parser.add_argument("--model-type", choices=[t for t in model_types("inputs") if is_fixed_span(t)], default=None,
+                        help="qwen_vl: images as Qwen-VL / Qwen-VL-Chat sees them (S x S, 256 tokens each)")
+    parser.add_argument("--image-size", type=int, default=448, help="Qwen-VL's visual.image_size (448)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     try:
-        report = run(args.messages, image_patch_size=args.image_patch_size)
+        report = run(args.messages, image_patch_size=args.image_patch_size, model_type=args.model_type,
+                     image_size=args.image_size)
     except (OSError, json.JSONDecodeError, VisionInputError) as exc:
         print(f"vlutils: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from . import policy as _policy
 from .errors import (
     DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError, VisionInputError,
 )
+from .families import is_fixed_span
 from .image import _EXIF_ORIENTATION, image_source, resolve_image_size
 from .messages import VisionItem, iter_vision_items
 from .pool import is_url, run_parallel
@@ -41,6 +42,8 @@ def count_tokens(messages_or_batch: Any, model_type: str = "qwen2_vl", **options
     ``process_vision_info(..., image_patch_size=patch_size)`` + ``patchify`` produce.
     """
     settings = options.pop("fetch_settings", None) or FetchSettings.from_env()
+    if is_fixed_span(model_type):
+        return _count_fixed_span(messages_or_batch, settings, options)
     preset = get_preset(model_type, **options)
     items = iter_vision_items(messages_or_batch)
     _policy.check_item_count(len(items))
@@ -60,6 +63,29 @@ def count_tokens(messages_or_batch: Any, model_type: str = "qwen2_vl", **options
 
     downloads = any(is_url(i.element.get("image") or i.element.get("video")) for i in items)
     return run_parallel(one, items, io_bound=downloads)
+
+
+def _count_fixed_span(messages_or_batch: Any, settings: FetchSettings, options: dict) -> list[dict]:
+    """Qwen-VL: every image is 256 positions at (S/14)^2 patches; headers are still read so a
+    missing or broken image fails here, as it would when fetched."""
+    from .inputs_qwen_vl import count_qwen_vl_tokens
+
+    unknown = sorted(set(options) - {"image_size"})
+    if unknown:
+        raise InvalidOptionError(f"model_type='qwen_vl' takes image_size, not {unknown}")
+    items = iter_vision_items(messages_or_batch)
+    _policy.check_item_count(len(items))
+    for item in items:
+        try:
+            if item.is_video:
+                raise InvalidMessageError("Qwen-VL has no video input", item.element)
+            value = image_source(item.element)
+            if value is None:
+                raise InvalidMessageError("image is None", value)
+            _image_size(value, settings)
+        except VisionInputError as exc:
+            raise exc.with_position(item.position)
+    return count_qwen_vl_tokens(items, **options)
 
 
 def _entry(kind: str, t: int, height: int, width: int, preset, **extra: Any) -> dict:

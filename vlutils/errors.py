@@ -151,3 +151,8 @@ def _rebuild_too_long(reason, position, length, max_length, message):
     exc = SampleTooLongError(reason, None, position, length=length, max_length=max_length)
     exc.args = (message,)
     return exc
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing or malformed, or a text cannot be encoded the way the
+    model's own tokenizer would (e.g. an unclosed ``<img>`` tag); names the file or text."""

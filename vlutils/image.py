@@ -42,9 +42,13 @@ def image_source(ele: dict) -> Any:
     return item_source(ele, "image")
 
 
-def open_image(value: Any, settings: FetchSettings | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(
+    value: Any, settings: FetchSettings | None = None, max_pixels: int = MAX_IMAGE_PIXELS, *,
+    exif_orientation: bool = True,
+) -> Image.Image:
     """Load any supported source into a fully decoded PIL image (file handles closed),
-    EXIF orientation applied; the mode is left as stored."""
+    EXIF orientation applied (unless ``exif_orientation=False``, as Qwen-VL's original loader);
+    the mode is left as stored."""
     if value is None:
         raise InvalidMessageError("image is None", value)
     settings = settings or FetchSettings.from_env()
@@ -55,7 +59,7 @@ def open_image(value: Any, settings: FetchSettings | None = None, max_pixels: in
     else:
         data = source.data if source.kind == "bytes" else read_limited(source.path, settings.max_bytes, value)
         image = _decode(data, value, max_pixels)
-    return _apply_exif_orientation(image)
+    return _apply_exif_orientation(image) if exif_orientation else image
 
 
 def _decode(data: bytes, original: Any, max_pixels: int) -> Image.Image:

@@ -62,10 +62,17 @@ def build_inputs(
     Returns ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``,
     ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``, ``position_ids``,
     ``rope_deltas`` and ``mm_token_type_ids`` (None where not applicable).
+
+    ``model_type="qwen_vl"`` (Qwen-VL / Qwen-VL-Chat) takes the ``qwen.tiktoken`` tokenizer of
+    :func:`vlutils.load_tokenizer` and the options ``image_size`` (the checkpoint's
+    ``visual.image_size``, 448) and ``max_window_size`` (6144); see :mod:`vlutils.inputs_qwen_vl`.
     """
     family = get_family(model_type, "inputs")
     if padding_side not in ("left", "right"):
         raise InvalidOptionError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if family.pipeline == "fixed_span":
+        return _build_fixed_span(messages_or_batch, tokenizer, images, videos, add_generation_prompt, system_prompt,
+                              add_vision_id, padding_side, pad_token_id, preset_overrides)
     preset = get_preset(model_type, **preset_overrides)
     conversations = _as_batch(messages_or_batch)
 
@@ -150,6 +157,27 @@ def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int | None, video
 
 
 # --- helpers -------------------------------------------------------------------------
+
+
+def _build_fixed_span(messages_or_batch, tokenizer, images, videos, add_generation_prompt, system_prompt,
+                      add_vision_id, padding_side, pad_token_id, options: dict) -> dict:
+    """build_inputs for Qwen-VL (the "fixed_span" pipeline): its own prompt, tokenizer, image
+    transform and 1-D positions (:mod:`vlutils.inputs_qwen_vl`)."""
+    from .chat_qwen_vl import DEFAULT_SYSTEM_PROMPT
+    from .inputs_qwen_vl import build_qwen_vl_inputs
+
+    unknown = sorted(set(options) - {"image_size", "max_window_size"})
+    if unknown:
+        raise InvalidOptionError(f"model_type='qwen_vl' takes image_size and max_window_size, not {unknown}")
+    if videos is not None:
+        raise InvalidOptionError("model_type='qwen_vl' has no video input")
+    if add_vision_id:
+        raise InvalidOptionError("Qwen-VL always numbers its pictures ('Picture N: '); add_vision_id does not apply")
+    system = DEFAULT_SYSTEM_PROMPT if system_prompt is FAMILY_DEFAULT else system_prompt
+    return build_qwen_vl_inputs(
+        _as_batch(messages_or_batch), tokenizer, images=images, add_generation_prompt=add_generation_prompt,
+        system_prompt=system, padding_side=padding_side, pad_token_id=pad_token_id, **options,
+    )
 
 _SPECIAL_TOKENS = {
     "image": "<|image_pad|>",

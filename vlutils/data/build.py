@@ -9,10 +9,10 @@ rest of the conversation, and the resized media are kept so that the row stores 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..families import is_fixed_span
 from .records import parse_record
 from .rows import encode_row
 from .spec import DatasetSpec
@@ -31,15 +31,15 @@ class Job:
 
 
 def load_tokenizer(path: str) -> Any:
-    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a folder holding one."""
-    from tokenizers import Tokenizer
+    """The tokenizer at ``path`` (:func:`vlutils.load_tokenizer`: a ``tokenizer.json`` or
+    ``qwen.tiktoken`` file, or a folder holding one), errors as :class:`InvalidSpecError`."""
+    from ..errors import InvalidSpecError, TokenizerError
+    from ..tokenizer import load_tokenizer as load_any
 
-    from ..errors import InvalidSpecError
-
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise InvalidSpecError(f"{path}: no tokenizer.json there")
-    return Tokenizer.from_file(file)
+    try:
+        return load_any(path)
+    except TokenizerError as exc:
+        raise InvalidSpecError(str(exc)) from None
 
 
 def _build_sample():
@@ -79,6 +79,8 @@ class SampleBuilder:
         from ..inputs import fetch_media, split_video_metadata
 
         preset = vision_preset(self.model_type, self.spec.options)
+        if is_fixed_span(self.model_type):
+            return self._fixed_span_row(messages, name, preset)
         images, videos, video_kwargs = fetch_media([messages], self.model_type, preset.patch_size)
         # "drop" is run as "error" so that the rejected line carries the typed reason and both lengths
         truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
@@ -93,9 +95,28 @@ class SampleBuilder:
         return encode_row(sample, images or [], frames or [], preset)
 
 
+    def _fixed_span_row(self, messages: list[dict], name: str, preset: Any) -> dict | None:
+        """Qwen-VL: images fetched and resized once; the row stores them, the sample is built from them."""
+        from ..chat_qwen_vl import conversation_turns
+        from ..image_qwen_vl import load_qwen_vl_image, resize
+
+        items = conversation_turns(messages, self.spec.options.get("system_prompt")).images
+        resized = [resize(load_qwen_vl_image(item), preset.image_size) for item in items]
+        truncation = "error" if self.spec.truncation == "drop" else self.spec.truncation
+        sample = self.build_sample(messages, self.tokenizer, self.model_type, max_length=self.spec.max_length,
+                                   truncation=truncation, images=resized, **{"sample_id": name, **self.spec.options})
+        return None if sample is None else encode_row(sample, resized, [], preset)
+
+
 def vision_preset(model_type: str, options: dict):
-    """The patchify preset of ``model_type`` with any preset fields set in the spec's options."""
+    """The patchify preset of ``model_type`` with any preset fields set in the spec's options
+    (Qwen-VL: a :class:`~vlutils.image_qwen_vl.QwenVLPreset` with its ``image_size``)."""
     import dataclasses
+
+    if is_fixed_span(model_type):
+        from ..image_qwen_vl import DEFAULT_IMAGE_SIZE, QwenVLPreset, check_image_size
+
+        return QwenVLPreset(check_image_size(options.get("image_size", DEFAULT_IMAGE_SIZE)))
 
     from ..processor import VisionPreset, get_preset
 

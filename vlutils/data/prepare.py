@@ -70,7 +70,10 @@ def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_
 
 
 def _file_digest(path: str) -> str:
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    file = path
+    if os.path.isdir(path):
+        names = [n for n in ("tokenizer.json", "qwen.tiktoken") if os.path.isfile(os.path.join(path, n))]
+        file = os.path.join(path, names[0] if names else "tokenizer.json")
     with open(file, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
 

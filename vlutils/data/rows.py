@@ -1,7 +1,7 @@
 """A ``build_sample`` dict <-> one Parquet row, losslessly.
 
 Pixels are not stored as ``pixel_values`` (float32, 4 bytes per value and repeated for still
-images) but as the resized uint8 media that produced them; reading patchifies them again,
+images) but as the resized uint8 media that produced them (Qwen-VL: its S x S resized images); reading patchifies them again,
 which gives bit-identical ``pixel_values`` because patchify is a pure function of those bytes.
 Every row is checked when it is written: if the stored media do not reproduce the sample's
 pixels (e.g. ``truncation="shrink"`` re-fetched smaller media), the raw float32 tensor is
@@ -79,8 +79,6 @@ def encode_row(sample: dict, images: list, videos: list, preset: Any) -> dict:
     """The Parquet row of ``sample``; ``images`` / ``videos`` are the fetched media it was built from."""
     import torch
 
-    from ..processor import patchify
-
     row: dict[str, Any] = {"extra": [], "images": None, "videos": None}
     meta: dict[str, Any] = {}
     stored = {
@@ -110,7 +108,7 @@ def encode_row(sample: dict, images: list, videos: list, preset: Any) -> dict:
             row[key] = value
         else:
             meta[key] = ["json", value]  # plain Python values (lists of floats, strings)
-    remade = patchify(images=stored["images"] or None, videos=stored["videos"] or None, model_type=preset)
+    remade = _remake(stored["images"] or None, stored["videos"] or None, preset)
     for key, media in _PIXELS.items():
         value = sample.get(key)
         if value is None:
@@ -137,8 +135,6 @@ def decode_row(row: dict, preset: Any, with_pixels: bool = True) -> dict:
     """The ``build_sample`` dict (plus ``source`` and ``index``) a row was written from."""
     import torch
 
-    from ..processor import patchify
-
     meta = json.loads(row["meta"])
     sample: dict[str, Any] = {}
     media = {"images": None, "videos": None}
@@ -149,7 +145,7 @@ def decode_row(row: dict, preset: Any, with_pixels: bool = True) -> dict:
         if row.get("videos"):
             media["videos"] = [torch.frombuffer(bytearray(v["data"]), dtype=torch.uint8).reshape(
                 v["frames"], 3, v["height"], v["width"]) for v in row["videos"]]
-    remade = patchify(images=media["images"], videos=media["videos"], model_type=preset) if with_pixels else {}
+    remade = _remake(media["images"], media["videos"], preset) if with_pixels else {}
     extra = {e["name"]: e["data"] for e in row.get("extra") or []}
     for key, info in meta.items():
         if info is None:
@@ -176,6 +172,18 @@ def decode_row(row: dict, preset: Any, with_pixels: bool = True) -> dict:
             sample[key] = int(row[key])
     sample["source"], sample["index"] = row["source"], int(row["index"])
     return sample
+
+
+def _remake(images: list | None, videos: list | None, preset: Any) -> dict:
+    """Pixel tensors from stored uint8 media: patchify, or Qwen-VL's normalisation of its
+    already resized S x S images (a :class:`~vlutils.image_qwen_vl.QwenVLPreset`)."""
+    from ..image_qwen_vl import QwenVLPreset
+
+    if isinstance(preset, QwenVLPreset):
+        return {"pixel_values": preset.pixel_values(images or []), "pixel_values_videos": None}
+    from ..processor import patchify
+
+    return patchify(images=images, videos=videos, model_type=preset)
 
 
 def _from_bytes(data: bytes, dtype, shape):

@@ -47,7 +47,7 @@ from . import qwen_vl, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qw
 
 __all__ = [
     "Family", "VisionPreset", "ChatFormat", "GroundingStyle", "USES", "FAMILIES", "MODEL_TYPES", "get_family",
-    "model_types", "moe_variant",
+    "model_types", "moe_variant", "is_fixed_span",
 ]
 
 # One module per generation, in the order every listing uses.
@@ -85,6 +85,13 @@ def get_family(model_type: Any, use: str | None = None, *, loose: bool = False) 
             f"model types that do: {', '.join(candidates)}"
         )
     return family
+
+
+def is_fixed_span(model_type: Any) -> bool:
+    """Whether ``model_type`` is a known family whose images are fixed ``<img>`` spans (Qwen-VL's
+    pipeline, :mod:`vlutils.inputs_qwen_vl`); entry points hand such families over to it."""
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    return family is not None and family.pipeline == "fixed_span"
 
 
 def _check_use(use: str) -> None:

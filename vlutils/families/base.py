@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..constants import IMAGE_MAX_TOKEN_NUM, IMAGE_MIN_TOKEN_NUM, VIDEO_MAX_TOKEN_NUM, VIDEO_MIN_TOKEN_NUM
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "USES", "POSITION_STYLES", "VIDEO_TIMESTAMP_RULES", "VisionPreset", "ChatFormat",
+    "CLIP_MEAN", "CLIP_STD", "USES", "POSITION_STYLES", "VIDEO_TIMESTAMP_RULES", "PIPELINES", "VisionPreset", "ChatFormat",
     "GroundingStyle", "Family",
 ]
 
@@ -29,11 +29,17 @@ USES = ("inputs", "train", "prepare", "grounding")
 # "mrope": temporal id = index of the temporal patch (Qwen2-VL);
 # "mrope_timed": temporal id = index * second_per_grid_ts * tokens_per_second (Qwen2.5-VL);
 # "mrope_per_frame": each temporal patch is its own block with t = 1, time lives in text timestamps (Qwen3-VL).
-POSITION_STYLES = ("mrope", "mrope_timed", "mrope_per_frame")
+# "text": plain 1-D positions 0..L-1, no M-RoPE (Qwen-VL).
+POSITION_STYLES = ("mrope", "mrope_timed", "mrope_per_frame", "text")
 
 # Where a video's time goes: "none" (Qwen2-VL), "second_per_grid_ts" (a tensor fed to the
 # position ids, Qwen2.5-VL), "text" ("<t seconds>" before each temporal patch, Qwen3-VL).
 VIDEO_TIMESTAMP_RULES = ("none", "second_per_grid_ts", "text")
+
+# How images become model inputs: "patches" (Qwen2-VL and later: smart_resize, patchify, one
+# placeholder per merged patch; vlutils.inputs), "fixed_span" (Qwen-VL: a fixed-size image, a
+# fixed <img> span of 256 positions, its own tokenizer and prompt; vlutils.inputs_qwen_vl).
+PIPELINES = ("patches", "fixed_span")
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class Family:
     # those of a dense family names it here; tools that keep one entry per input format use it.
     shares_inputs_with: str | None = None
     media: frozenset[str] = field(default=frozenset({"image", "video"}))  # content items it takes
+    pipeline: str = "patches"  # one of PIPELINES
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -115,6 +122,8 @@ class Family:
             raise ValueError(f"family {self.model_type}: unknown uses {sorted(unknown)}; known: {USES}")
         if self.position_ids is not None and self.position_ids not in POSITION_STYLES:
             raise ValueError(f"family {self.model_type}: position_ids must be one of {POSITION_STYLES}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"family {self.model_type}: pipeline must be one of {PIPELINES}")
         if self.video_timestamps is not None and self.video_timestamps not in VIDEO_TIMESTAMP_RULES:
             raise ValueError(f"family {self.model_type}: video_timestamps must be one of {VIDEO_TIMESTAMP_RULES}")
         if "inputs" in self.uses and None in (self.vision, self.chat, self.position_ids, self.video_timestamps):
@@ -163,5 +172,5 @@ class Family:
             "position_ids": self.position_ids, "video_timestamps": self.video_timestamps,
             "grounding": None if self.grounding is None else (
                 f"{self.grounding.syntax}, " + (f"0-{self.grounding.max_value}" if self.grounding.scale else "pixels")),
-            "shares_inputs_with": self.shares_inputs_with, "media": sorted(self.media),
+            "shares_inputs_with": self.shares_inputs_with, "media": sorted(self.media), "pipeline": self.pipeline,
         }

@@ -35,17 +35,21 @@ Typical use::
     objs = grounding.to_image(objs, "qwen2_5_vl", image_size=original.size, resized_size=images[0].size)
     grounding.draw(original, objs).save("out.png")
 
+Qwen-VL's own round trip (``draw_bbox_on_latest_picture``: boxes with their refs, the latest
+picture of the conversation, ``int(v / 1000 * side)`` pixels) is :mod:`vlutils.grounding.qwen_vl`.
+
 Command line: ``python -m vlutils.grounding IMAGE --model-type T --answer TEXT --out out.png``.
 """
 
 from .conventions import CONVENTIONS, MODEL_TYPES, get_convention, quantisation_step, to_image, to_model
 from .drawing import PALETTE, draw, label_color
 from .parsing import parse
+from .qwen_vl import draw_on_latest_picture, latest_picture, pixel_boxes, qwen_vl_boxes
 from .sizes import model_input_size, resized_size_from_grid, upright_size
 from .writer import format  # noqa: A004 (the issue names it format)
 
 __all__ = [
     "CONVENTIONS", "MODEL_TYPES", "PALETTE", "draw", "format", "get_convention", "label_color",
     "model_input_size", "parse", "quantisation_step", "resized_size_from_grid", "to_image",
-    "to_model", "upright_size",
+    "to_model", "upright_size", "draw_on_latest_picture", "latest_picture", "pixel_boxes", "qwen_vl_boxes",
 ]

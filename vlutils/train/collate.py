@@ -27,6 +27,8 @@ cache, and its models create one by default (config.use_cache), silently attendi
 samples. ``to_transformers(batch)`` does all of this; with SDPA transformers builds the same
 block-diagonal mask from those positions, which is how the tests check it on CPU.
 
+Qwen-VL samples (``model_type="qwen_vl"``) have 1-D positions: packed they become (1, N), padded (B, L).
+
 Padded (``packed=False``): ``input_ids`` (B, L) right-padded with ``pad_token_id``,
 ``attention_mask`` (1 on tokens), ``labels`` -100 on padding, ``position_ids`` (3, B, L) with
 each row's own ids (padding gets 0). Valid input for transformers' Qwen2-VL / Qwen2.5-VL /
@@ -111,19 +113,29 @@ def _packed(samples: Sequence[dict], multiple: int | None, pad_id: int) -> dict[
     ids = [s["input_ids"] for s in samples]
     labels = [s["labels"] for s in samples]
     positions = [s["position_ids"] for s in samples]
+    rows = _position_rows(positions)
     if pad:
         ids.append(torch.full((pad,), pad_id, dtype=torch.long))
         labels.append(torch.full((pad,), IGNORE_INDEX, dtype=torch.long))
-        positions.append(torch.arange(pad).expand(3, -1))
+        positions.append(torch.arange(pad) if rows is None else torch.arange(pad).expand(rows, -1))
         lengths.append(pad)
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    joined = torch.cat(positions, dim=-1)
     return {
         "input_ids": torch.cat(ids)[None],
         "labels": torch.cat(labels)[None],
-        "position_ids": torch.cat(positions, dim=1)[:, None],
+        "position_ids": joined[None] if rows is None else joined[:, None],
         "cu_seqlens": cu,
     }
+
+
+def _position_rows(positions: Sequence[torch.Tensor]) -> int | None:
+    """None for 1-D text positions (Qwen-VL), else the M-RoPE row count (3); one kind per batch."""
+    kinds = {None if p.dim() == 1 else int(p.shape[0]) for p in positions}
+    if len(kinds) != 1:
+        raise InvalidOptionError("samples mix 1-D and M-RoPE position ids (built for different model types?)")
+    return kinds.pop()
 
 
 def _padded(samples: Sequence[dict], multiple: int | None, pad_id: int) -> dict[str, torch.Tensor]:
@@ -133,12 +145,13 @@ def _padded(samples: Sequence[dict], multiple: int | None, pad_id: int) -> dict[
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     mask = torch.zeros((rows, width), dtype=torch.long)
     labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((3, rows, width), dtype=torch.long)
+    position_rows = _position_rows([s["position_ids"] for s in samples])
+    positions = torch.zeros((rows, width) if position_rows is None else (position_rows, rows, width), dtype=torch.long)
     for b, (sample, n) in enumerate(zip(samples, lengths)):
         ids[b, :n] = sample["input_ids"]
         mask[b, :n] = 1
         labels[b, :n] = sample["labels"]
-        positions[:, b, :n] = sample["position_ids"]
+        positions[..., b, :n] = sample["position_ids"]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
 
 

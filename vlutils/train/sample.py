@@ -18,7 +18,7 @@ import torch
 
 from ..chat import expand_placeholders, format_chat_with_spans, item_kind
 from ..errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
-from ..families import get_family, model_types
+from ..families import get_family, is_fixed_span, model_types
 from ..inputs import build_inputs, fetch_media, nth, split_video_metadata, video_timestamps
 from ..processor import get_preset
 from .labels import encode_with_offsets, labels_from_spans
@@ -75,8 +75,31 @@ def build_sample(
     ``process_vision_info`` returns them; when both are None the media is fetched here.
     """
     name = _name(options.pop("sample_id", None), messages)
+    if is_fixed_span(model_type):
+        return _build_fixed_span(messages, tokenizer, max_length, truncation, images, videos, name, options)
     try:
         return _build(messages, tokenizer, model_type, max_length, truncation, images, videos, video_kwargs, name, options)
+    except VisionInputError as exc:
+        raise _named(exc, name) from None
+
+
+def _build_fixed_span(messages, tokenizer, max_length, truncation, images, videos, name, options) -> dict | None:
+    """Qwen-VL's finetune.py samples (:func:`vlutils.inputs_qwen_vl.build_qwen_vl_sample`)."""
+    from ..inputs_qwen_vl import build_qwen_vl_sample
+
+    if truncation not in TRUNCATION_MODES:
+        raise InvalidOptionError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}", position=name)
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidOptionError(f"max_length must be a positive int or None, got {max_length!r}", position=name)
+    if videos is not None:
+        raise InvalidOptionError("model_type='qwen_vl' has no video input", position=name)
+    unknown = sorted(set(options) - {"label_style", "system_prompt", "image_size"})
+    if unknown:
+        raise InvalidOptionError(f"model_type='qwen_vl' takes label_style, system_prompt and image_size, "
+                                 f"not {unknown}", position=name)
+    try:
+        return build_qwen_vl_sample(messages, tokenizer, max_length=max_length, truncation=truncation,
+                                    images=images, name=name, **options)
     except VisionInputError as exc:
         raise _named(exc, name) from None
 
