@@ -289,3 +289,33 @@ def test_released_int4_config_describes_qwen_vl_chat():
         model = QwenVLModel(config)
     params = sum(p.numel() for p in model.parameters()) + model.visual.attn_pool.pos_embed.numel()
     assert 9.5e9 < params < 9.8e9
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chat_two_turns(models, variant, monkeypatch):
+    """model.chat as the original: same responses, history grown in place ((query, response) pairs),
+    images read from the <img> paths in the query and the history (relative to the fixture folder)."""
+    import vlutils
+
+    tokenizer = vlutils.load_tokenizer(CHECKPOINT / "qwen.tiktoken")
+    expected = META["chat"][variant]
+    monkeypatch.chdir(FIXTURES)
+    first, second = expected["queries"]
+    history: list = []
+    response, returned = models[variant].chat(tokenizer, first, history, max_new_tokens=8)
+    assert returned is history and response == expected["responses"][0]
+    response, history = models[variant].chat(tokenizer, second, history, max_new_tokens=8)
+    assert response == expected["responses"][1]
+    assert [list(turn) for turn in history] == expected["history"]
+
+
+def test_chat_without_append_and_bad_query(models, monkeypatch):
+    import vlutils
+
+    tokenizer = vlutils.load_tokenizer(CHECKPOINT / "qwen.tiktoken")
+    monkeypatch.chdir(FIXTURES)
+    history = [("Hi", "Hello")]
+    models["base"].chat(tokenizer, "Describe a red car.", history, append_history=False, max_new_tokens=2)
+    assert history == [("Hi", "Hello")]
+    with pytest.raises(TypeError, match="query must be a str"):
+        models["base"].chat(tokenizer, [{"text": "hi"}], None)
