@@ -319,3 +319,24 @@ def test_chat_without_append_and_bad_query(models, monkeypatch):
     assert history == [("Hi", "Hello")]
     with pytest.raises(TypeError, match="query must be a str"):
         models["base"].chat(tokenizer, [{"text": "hi"}], None)
+
+
+def test_cli_answers_as_generate(models, capsys):
+    """python -m vlmodel on a Qwen-VL checkpoint: qwen.tiktoken, its prompt and transform, the same
+    tokens as generate() on build_inputs' ids (stopping at <|im_end|> / <|im_start|> / eos)."""
+    import vlutils
+    from vlmodel.__main__ import main
+
+    image = str(FIXTURES / "images" / "img0.png")
+    assert main(["--model", str(CHECKPOINT), "--image", image, "--prompt", "What is this?",
+                 "--max-new-tokens", "6"]) == 0
+    out, err = capsys.readouterr()
+    tokenizer = vlutils.load_tokenizer(CHECKPOINT)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is this?"}]}]
+    inputs = vlutils.build_inputs(messages, tokenizer, model_type="qwen_vl", image_size=56)
+    stops = [tokenizer.im_end_id, tokenizer.im_start_id, tokenizer.eod_id]
+    tokens = models["base"].generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                                     max_new_tokens=6, stop_token_ids=stops)[0].tolist()
+    answer = [t for t in tokens if t not in stops]
+    assert out.rstrip("\n") == tokenizer.decode(answer, skip_special_tokens=True)
+    assert "(visual tokens: 256)" in err and "qwen_vl" in err
