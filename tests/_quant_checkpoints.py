@@ -205,8 +205,9 @@ def write_quantized(float_dir: str | Path, out_dir: str | Path, fmt: str, *, bit
         del state[name + ".weight"]
         if fmt == "gptq":
             q = random_quantized(out, inp, bits, group, act_order=act_order, sym=sym, seed=seed * 1000 + k,
-                                 zero_low=1 if v1 else 0, zero_high=(1 << bits) - (0 if v1 else 1))
-            # v1 stores zero - 1, so its zero points span 1 .. 2**bits; v2's span 0 .. 2**bits - 1
+                                 zero_low=1, zero_high=(1 << bits) - (0 if v1 else 1))
+            # v1 stores zero - 1, so its zero points span 1 .. 2**bits; v2's span 0 .. 2**bits - 1, and
+            # the v2 case keeps to 1 .. 2**bits - 1, which AutoGPTQ (v1 only) can read as a reference
             t = gptq_tensors(q, v1=v1)
             refs[name] = gptq_reference(gptq_tensors(q, v1=True), bits, q.group)  # AutoGPTQ reads v1 only
         elif fmt == "awq":

@@ -212,7 +212,8 @@ def test_shape_mismatch_names_the_tensor(gptq_dir, tmp_path):
                                           r"match the config: expected \(32, 128\)"):
         vlmodel.from_pretrained(bad)
     bad = _copy(gptq_dir, tmp_path / "g", lambda c: c["quantization_config"].update(group_size=64))
-    with pytest.raises(ConfigError, match=r"model\.layers\.0\.self_attn\.q_proj\.qzeros: shape"):
+    with pytest.raises(ConfigError, match=r"model\.layers\.\d\.\w+\.\w+_proj\.qzeros: shape \(8, \d+\) does not match "
+                                          r"the config: expected \(4, \d+\) \(4 groups of 64"):
         vlmodel.from_pretrained(bad)
 
 
@@ -225,7 +226,7 @@ def test_missing_g_idx_with_desc_act(gptq_dir, tmp_path):
 def test_quantized_tensors_on_a_non_linear(gptq_dir, tmp_path):
     def move(state):
         for suffix in ("qweight", "qzeros", "scales", "g_idx"):
-            state[f"model.norm.{suffix}"] = state[f"model.layers.0.self_attn.q_proj.{suffix}"]
+            state[f"model.norm.{suffix}"] = state[f"model.layers.0.self_attn.q_proj.{suffix}"].clone()
     bad = _copy(gptq_dir, tmp_path / "n", edit_tensors=move)
     with pytest.raises(ConfigError, match=r"model\.norm\.qweight: model\.norm is a RMSNorm, not a linear layer"):
         vlmodel.from_pretrained(bad)
@@ -274,3 +275,42 @@ def test_lora_trains_saves_reloads_and_merges(gptq_dir, tmp_path):
     with torch.no_grad():
         got = merged(input_ids=ids).logits
     assert (got - trained).abs().max() <= 1e-4 * trained.abs().max()
+
+
+@pytest.mark.parametrize("fmt, options", [("gptq", dict(bits=4, group=32, act_order=True)),
+                                          ("ct", dict(bits=4, group=32, sym=False))], ids=["gptq4", "ct4"])
+def test_qwen3_vl_quantized_matches_transformers(fmt, options, tmp_path):
+    """Qwen3-VL (transformers 4.57 names: model.language_model.*): same formats, same checks."""
+    import transformers
+
+    from _qwen3_cases import IDS, MODELS, inputs, media
+
+    spec = next(m for m in MODELS if m["family"] == "qwen3_vl")
+    text = dict(spec["text"])
+    rope = text.pop("rope_parameters")
+    text.update(rope_theta=rope["rope_theta"], rope_scaling={"rope_type": "default", "mrope_section":
+                                                             rope["mrope_section"], "mrope_interleaved": True})
+    config = transformers.Qwen3VLConfig(text_config=text, vision_config=spec["vision"], **IDS)
+    torch.manual_seed(5)
+    hf = transformers.Qwen3VLForConditionalGeneration._from_config(config, attn_implementation="sdpa")
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p)) if p.ndim == 1 else p.copy_(0.1 * torch.randn_like(p))
+    hf.eval().save_pretrained(tmp_path / "src")
+    refs = write_quantized(tmp_path / "src", tmp_path / "q", fmt, ignore_spelling="memory", **options)
+    assert all(name.startswith("model.language_model.layers.") for name in refs)
+    write_dequantized(tmp_path / "q", refs, tmp_path / "f")
+    ours = vlmodel.from_pretrained(tmp_path / "q", dtype=torch.float32)
+    assert len(quantized_layers(ours)) == len(refs)
+    hf = transformers.Qwen3VLForConditionalGeneration.from_pretrained(tmp_path / "f", attn_implementation="sdpa",
+                                                                      dtype=torch.float32).eval()
+    inp = inputs()["image"]
+    kw = dict(input_ids=inp["input_ids"], **media(inp))
+    with torch.no_grad():
+        ref = hf(**kw).logits
+        got = ours(**kw).logits
+        hf.generation_config.eos_token_id = None
+        want = hf.generate(**kw, do_sample=False, max_new_tokens=STEPS, pad_token_id=0)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+    tokens = ours.generate(kw.pop("input_ids"), max_new_tokens=STEPS, stop_token_ids=[], **kw)
+    assert tokens.tolist() == want[:, inp["input_ids"].shape[1]:].tolist()

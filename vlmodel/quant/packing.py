@@ -38,7 +38,7 @@ def pack_int32(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     shifts = torch.arange(0, 32, bits, dtype=torch.int64, device=codes.device)
     packed = (words << shifts).sum(-1)
     packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-    return packed.movedim(-1, dim)
+    return packed.movedim(-1, dim).contiguous()
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
