@@ -186,6 +186,8 @@ def test_image_span_errors(models):
     broken = torch.cat([ids[:, : start + 100], ids[:, start + 101:]], dim=1)  # span one token short
     with pytest.raises(ImageSpanError, match="not closed by </img>"):
         model(broken, pixel_values=pixels("one_image"))
+    with pytest.raises(ValueError, match="square images"):
+        model.visual(torch.zeros(1, 3, 56, 42))
     with pytest.raises(ValueError, match="no grids, no videos"):
         model(ids, pixel_values=pixels("one_image"), image_grid_thw=torch.tensor([[1, 4, 4]]))
 

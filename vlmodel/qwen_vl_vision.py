@@ -150,8 +150,13 @@ class QwenVLVisual(nn.Module):
         return self.cfg.num_queries
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.cfg.in_channels:
-            raise ValueError(f"pixel_values must be (images, {self.cfg.in_channels}, H, W); got {tuple(pixel_values.shape)}")
+        shape = tuple(pixel_values.shape)
+        if pixel_values.ndim != 4 or shape[1] != self.cfg.in_channels:
+            raise ValueError(f"pixel_values must be (images, {self.cfg.in_channels}, S, S); got {shape}")
+        if shape[2] != shape[3] or shape[2] % self.cfg.patch_size:
+            raise ValueError(f"pixel_values must be square images whose side is a multiple of the patch size "
+                             f"{self.cfg.patch_size} (the checkpoint's visual.image_size is {self.cfg.image_size}); "
+                             f"got {shape}")
         x = self.conv1(pixel_values.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # (N, G*G, width)
         x = x + resample_table(self.positional_embedding, x.shape[1])
         x = self.transformer(self.ln_pre(x))
