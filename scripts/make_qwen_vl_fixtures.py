@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import gzip
 import hashlib
 import importlib
 import json
@@ -49,6 +50,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger("make_qwen_vl_fixtures")
@@ -162,11 +164,65 @@ def perturb(model, seed: int) -> None:
                 p.mul_(2.0)  # larger weights: less uniform logits, clearer greedy choices
 
 
+# --sweep: architectures the stored checkpoint leaves at one setting, each checked live (reference and
+# vlmodel in this process; vlmodel does not import transformers).  Overrides of TEXT / VISUAL.
+SWEEP = {
+    "kv_proj_identity": ({}, {"width": 128}),
+    "biases": ({"no_bias": False}, {}),
+    "rotary_pct_0.5": ({"rotary_pct": 0.5}, {}),
+    "grid_16_no_interpolation": ({}, {"image_size": 224}),
+    "grid_6_8_vit_heads": ({"num_attention_heads": 4, "kv_channels": 32}, {"image_size": 84, "heads": 8}),
+    "hidden_256_2_resampler_heads": ({"hidden_size": 256, "kv_channels": 128, "intermediate_size": 256},
+                                     {"output_dim": 256}),
+}
+
+
+def sweep(modeling, configuration, tok, image: str, seed: int) -> list[str]:
+    """Original vs vlmodel on each SWEEP architecture (1 layer, NTK + log-n active): logits and greedy tokens."""
+    import tempfile
+
+    import torch
+    from PIL import Image
+    from transformers import GenerationConfig
+
+    import vlmodel
+
+    query = tok.from_list_format([{"image": image}, {"text": "and"}, {"image": image}, {"text": "Which?"}])
+    ids = torch.tensor([importlib.import_module("qwen_vl_chat.qwen_generation_utils").make_context(tok, query)[1]])
+    rows = []
+    for name, (text, visual) in SWEEP.items():
+        torch.manual_seed(seed)
+        config = configuration.QWenConfig(
+            vocab_size=(len(tok) + 63) // 64 * 64, fp32=True, use_flash_attn=False,
+            visual={**VISUAL, "layers": 1, **visual, "image_start_id": tok.img_start_id},
+            **{**TEXT, "num_hidden_layers": 1, "use_dynamic_ntk": True, "use_logn_attn": True, "seq_length": 64, **text})
+        model = modeling.QWenLMHeadModel(config).float().eval()
+        perturb(model, seed)
+        model.generation_config.eos_token_id = None
+        with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+            model.save_pretrained(folder, safe_serialization=True)
+            ref = model(ids).logits
+            ref_tokens = model.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, pad_token_id=tok.eod_id,
+                                        generation_config=GenerationConfig(chat_format="chatml"))[0, ids.shape[1]:]
+            ours = vlmodel.from_pretrained(folder)
+            pixels = model.transformer.visual.image_transform(Image.open(image).convert("RGB"))[None].repeat(2, 1, 1, 1)
+            got = ours(ids, pixel_values=pixels).logits
+            tokens = ours.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=GREEDY_TOKENS, stop_token_ids=[])[0]
+        rel = ((got - ref).abs().max() / ref.abs().max()).item()
+        same = tokens.tolist() == ref_tokens.tolist()
+        rows.append(f"{name:32} {ids.shape[1]} tokens  max |diff| / max |logit| = {rel:.1e}  greedy identical: {same}")
+        if rel > 1e-4 or not same:
+            raise SystemExit("sweep failed:\n" + "\n".join(rows))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", type=Path, help="folder holding the five remote-code files (+ tokenizer_config.json)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true",
+                        help="only check vlmodel live against the reference on SWEEP architectures (writes nothing)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -194,6 +250,17 @@ def main() -> None:
     tokenization = importlib.import_module("qwen_vl_chat.tokenization_qwen")
     configuration = importlib.import_module("qwen_vl_chat.configuration_qwen")
     gen_utils = importlib.import_module("qwen_vl_chat.qwen_generation_utils")
+
+    if args.sweep:
+        sys.path.insert(0, str(ROOT))
+        with tempfile.TemporaryDirectory() as folder:
+            write_tiktoken(learn_tiktoken(CORPUS, N_MERGES), Path(folder) / "qwen.tiktoken")
+            tok = tokenization.QWenTokenizer(str(Path(folder) / "qwen.tiktoken"))
+            os.chdir(folder)
+            make_images(Path(folder), args.seed)
+            for row in sweep(modeling, configuration, tok, "images/img0.png", args.seed):
+                log.info("%s", row)
+        return
 
     out = args.out
     shutil.rmtree(out, ignore_errors=True)
@@ -302,6 +369,11 @@ def main() -> None:
         meta.setdefault("chat", {})[variant] = {"queries": [first, second], "responses": [r1, r2],
                                                 "history": [list(t) for t in history]}
         log.info("chat %s: %r / %r", variant, r1, r2)
+
+    # the released Qwen-VL-Chat-Int4 layout (tensor names + config) for tests/test_vlmodel_qwen_vl.py
+    if (ref / "model.safetensors.index.json").exists() and (ref / "config.json").exists():
+        (out / "int4_index.json.gz").write_bytes(gzip.compress((ref / "model.safetensors.index.json").read_bytes(), 9, mtime=0))
+        shutil.copy(ref / "config.json", out / "int4_config.json")
 
     save_file(tensors, str(out / "reference.safetensors"))
     (out / "reference.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
