@@ -15,7 +15,8 @@ Where the reference came from (recorded again in fixtures/qwen_vl/SOURCE.json):
 * transformers 4.32.0 (what its config.json and requirements.txt name), tokenizers 0.13.3,
   huggingface_hub 0.16.4, einops, transformers_stream_generator 0.0.4, matplotlib, in a
   ``pip install --target`` folder; torch/numpy/tiktoken/Pillow/torchvision from the venv;
-* edits: none (the five files import unmodified under torch 2.14).
+* edits: none (the five files import unmodified under torch 2.14); the prompts' "Picture N: <img>"
+  spacing follows the current Qwen/Qwen-VL-Chat revision (see :func:`list_format`).
 
 Run it (the reference environment is the target folder first on PYTHONPATH):
 
@@ -137,6 +138,15 @@ def make_images(folder: Path, seed: int) -> list[str]:
     return names
 
 
+def list_format(tok, items: list[dict]) -> str:
+    """``tok.from_list_format`` with the current Qwen/Qwen-VL-Chat revision's "Picture N: <img>" (this
+    Oct 2023 copy writes "Picture N:<img>", without the space; the issue, Qwen-VL's README and vlutils use
+    the space).  Only the prompt text changes; the model code is the same in both revisions."""
+    import re
+
+    return re.sub(r"Picture (\d+):<img>", r"Picture \1: <img>", tok.from_list_format(items))
+
+
 def near_length_query(tok, gen_utils, system: str, target: int) -> str:
     """A text query whose chat prompt is ``target`` tokens or a little less."""
     words = CORPUS.split()
@@ -187,7 +197,7 @@ def sweep(modeling, configuration, tok, image: str, seed: int) -> list[str]:
 
     import vlmodel
 
-    query = tok.from_list_format([{"image": image}, {"text": "and"}, {"image": image}, {"text": "Which?"}])
+    query = list_format(tok, [{"image": image}, {"text": "and"}, {"image": image}, {"text": "Which?"}])
     ids = torch.tensor([importlib.import_module("qwen_vl_chat.qwen_generation_utils").make_context(tok, query)[1]])
     rows = []
     for name, (text, visual) in SWEEP.items():
@@ -293,11 +303,11 @@ def main() -> None:
 
     system = "You are a helpful assistant."
     cases = {
-        "one_image": dict(query=tok.from_list_format([{"image": names[0]}, {"text": "What is in the picture?"}]),
+        "one_image": dict(query=list_format(tok, [{"image": names[0]}, {"text": "What is in the picture?"}]),
                           history=[]),
         "two_images": dict(
-            query=tok.from_list_format([{"image": names[2]}, {"text": "Compare with the first picture."}]),
-            history=[(tok.from_list_format([{"image": names[1]}, {"text": "Where is the dog?"}]),
+            query=list_format(tok, [{"image": names[2]}, {"text": "Compare with the first picture."}]),
+            history=[(list_format(tok, [{"image": names[1]}, {"text": "Where is the dog?"}]),
                       "<ref>the dog</ref><box>(120,340),(560,900)</box>")]),
         "text_only": dict(query="Describe a red car on the beach.", history=[]),
         # prefill just under the "long" variant's seq_length (NTK alpha 1), decoding past it (log-n on)
@@ -362,7 +372,7 @@ def main() -> None:
         gcfg = GenerationConfig(chat_format="chatml", eos_token_id=tok.eod_id, pad_token_id=tok.eod_id,
                                 max_window_size=6144, max_new_tokens=GREEDY_TOKENS, do_sample=False)
         first = cases["one_image"]["query"]
-        second = tok.from_list_format([{"image": names[2]}, {"text": "And this one?"}])
+        second = list_format(tok, [{"image": names[2]}, {"text": "And this one?"}])
         with torch.no_grad():
             r1, history = ref_model.chat(tok, first, history=None, generation_config=gcfg)
             r2, history = ref_model.chat(tok, second, history=history, generation_config=gcfg)
@@ -382,7 +392,8 @@ def main() -> None:
         "files": {f: sha256(ref / f) for f in FILES},
         "transformers": transformers.__version__, "torch": torch.__version__,
         "tokenizers": importlib.import_module("tokenizers").__version__,
-        "edits": "none: the five files are imported unmodified (copied into a package folder)",
+        "edits": "none: the five files are imported unmodified (copied into a package folder); prompts written "
+                 "'Picture N: <img>' as the current Qwen-VL-Chat revision's from_list_format (this copy omits the space)",
         "generated_by": "scripts/make_qwen_vl_fixtures.py", "seed": args.seed,
     }
     (out / "SOURCE.json").write_text(json.dumps(source, indent=1) + "\n")

@@ -342,3 +342,15 @@ def test_cli_answers_as_generate(models, capsys):
     answer = [t for t in tokens if t not in stops]
     assert out.rstrip("\n") == tokenizer.decode(answer, skip_special_tokens=True)
     assert "(visual tokens: 256)" in err and "qwen_vl" in err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_prompt_ids_equal_vlutils_make_context(case):
+    """The stored prompts (the original make_context) are what vlutils builds for the same query and history."""
+    import vlutils
+    from vlutils.chat_qwen_vl import make_context
+
+    tokenizer = vlutils.load_tokenizer(CHECKPOINT / "qwen.tiktoken")
+    spec = META["cases"][case]
+    raw_text, ids = make_context(tokenizer, spec["query"], [tuple(t) for t in spec["history"]], META["system"])
+    assert ids == REF[f"{case}.base.input_ids"].tolist() and raw_text == spec["raw_text"]
