@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--workers-sweep", action="store_true",
                         help="also time vlutils on each case with 1, 2, 4 and 8 fetch workers")
+    parser.add_argument("--json", help="also write the rows to this file (read by bench/charts.py)")
     parser.add_argument("--memory-worker", choices=LIBS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
@@ -219,7 +220,9 @@ def main() -> None:
 
     import PIL
 
-    rows, all_same = [], True
+    import vlutils
+
+    rows, records, all_same = [], [], True
     for case in cases:
         timing = time_case(case, paths, args.reps)
         memory = {lib: (None if args.no_memory else run_memory_worker(lib, case)) for lib in LIBS}
@@ -231,6 +234,13 @@ def main() -> None:
             m = memory[lib]
             return "-" if m is None else f"{m['peak_rss'] / 2**20:.0f} / {m['work_rss'] / 2**20:.0f}"
 
+        records.append({
+            "case": case, "input": describe_case(case, paths), "identical": same,
+            **{f"{key}_{side}": timing[lib][stat] * 1000 for side, lib in (("reference", "qwen-vl-utils"), ("vlutils", "vlutils"))
+               for key, stat in (("wall_ms", "median"), ("cpu_ms", "cpu_median"))},
+            **{f"peak_rss_mib_{side}": (None if memory[lib] is None else memory[lib]["peak_rss"] / 2**20)
+               for side, lib in (("reference", "qwen-vl-utils"), ("vlutils", "vlutils"))},
+        })
         rows.append(
             f"| {case} | {describe_case(case, paths)} | {ref['median'] * 1000:.0f} ({ref['cpu_median'] * 1000:.0f}) "
             f"| {ours['median'] * 1000:.0f} ({ours['cpu_median'] * 1000:.0f}) | {ref['median'] / ours['median']:.2f}x "
@@ -241,7 +251,7 @@ def main() -> None:
         load = handle.read().split()[0]
     print(
         f"Machine: {machine()}, load average {load} at the end; Pillow {PIL.__version__}, "
-        f"vlutils {version('vlutils')}, qwen-vl-utils {version('qwen-vl-utils')}. "
+        f"vlutils {vlutils.__version__}, qwen-vl-utils {version('qwen-vl-utils')}. "
         f"Median wall (CPU) ms of {args.reps} interleaved calls after 1 warm-up; "
         "peak RSS = process high-water mark incl. imports, work = peak minus RSS before the call, "
         "each library in its own process. 'cores used' = vlutils CPU / wall time: about 2 on an idle "
@@ -253,6 +263,12 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         print(row)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "benchmark": "images", "command": " ".join(["python", "bench/bench_images.py", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(), "load_average_end": float(load),
+            "reps": args.reps, "rows": records}, indent=1))
     if args.workers_sweep:
         print()
         print(workers_sweep(cases, paths, args.reps))

@@ -172,7 +172,7 @@ def child(runner: str, path: str, options: dict, warm: bool = False) -> dict:
         import av  # noqa: F401
 
         from vlutils.video import fetch_video
-        from vlutils.video.backends import VIDEO_READER_BACKENDS
+        from vlutils.video import VIDEO_READER_BACKENDS
 
         backend = runner.split("-")[1]
         reason = VIDEO_READER_BACKENDS[backend].unavailable_reason()

@@ -16,7 +16,7 @@ fi
 python3 -m venv .venv
 PIP=(.venv/bin/pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
-"${PIP[@]}" -e ".[test,model,fast,qwen_vl]" "torchcodec==0.16.0"
+"${PIP[@]}" -e ".[test,model,fast,docs,qwen_vl]" "torchcodec==0.16.0"
 # compile the exact fast resize once now, not inside the first long video call
 .venv/bin/python -m vlutils.video.precompile
 if [ -x scripts/install_refs.sh ] || [ -f scripts/install_refs.sh ]; then

@@ -12,6 +12,9 @@ it from a local folder and stores only its outputs in ``fixtures/qwen_vl_inputs/
     .venv/bin/pip install --target .refs/qwenvl_inputs_ref --no-deps transformers==4.32.0 \\
         tokenizers==0.13.3 matplotlib==3.9.2 contourpy==1.3.0 cycler==0.12.1 fonttools==4.54.1 \\
         kiwisolver==1.4.7 pyparsing==3.1.4 python-dateutil==2.9.0.post0 six==1.16.0
+    #    e.g. from clones of both repositories:
+    #    git -C Qwen-VL-Chat-Int4 show 1cd721a2:tokenization_qwen.py > DIR/tokenization_qwen.py  (same for
+    #    qwen_generation_utils.py and visual.py); git -C Qwen-VL show aa00ed04:finetune.py > finetune.py
     # 3. run (the files are copied to a temporary folder and edited there, see EDITS):
     PYTHONPATH=$PWD .venv/bin/python scripts/make_qwen_vl_input_fixtures.py \\
         --reference DIR_WITH_THE_THREE_FILES --finetune PATH/TO/finetune.py
@@ -373,8 +376,9 @@ def run_reference(out: Path) -> None:
             full[f"image_{i}"] = array
     results["images"] = hashes
     np.savez_compressed(out / "tensors.npz", **full)
-    with gzip.open(out / "reference.json.gz", "wt", encoding="utf-8") as handle:
-        json.dump(results, handle, ensure_ascii=False)
+    data = json.dumps(results, ensure_ascii=False).encode("utf-8")
+    with open(out / "reference.json.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+        handle.write(data)  # mtime=0: the same outputs give the same bytes
 
 
 def _finetune_preprocess(path: Path, ast):

@@ -40,7 +40,7 @@ def fixture(name: str) -> str:
 
 def backend_or_skip(name: str) -> None:
     """Skip (with the reason) when an optional backend cannot load here."""
-    from vlutils.video.backends import VIDEO_READER_BACKENDS
+    from vlutils.video import VIDEO_READER_BACKENDS
 
     reason = VIDEO_READER_BACKENDS[name].unavailable_reason()
     if reason is not None:

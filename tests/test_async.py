@@ -99,7 +99,11 @@ def test_errors_are_the_sync_ones():
 
 
 def test_concurrent_calls_overlap_and_keep_the_loop_responsive(http_server):
-    delay = 0.6
+    """Six calls whose images each take ``delay`` s to arrive: run one after another they take
+    over 6 * delay s; overlapped, about delay s plus the (load-dependent) decoding. The limits
+    leave that decoding several seconds of headroom on a busy machine and still catch serial
+    calls (>= 6 s) and a loop blocked by a fetch (>= delay s)."""
+    delay = 1.0
     urls = [http_server.route(f"/async_slow_{i}.png", body=_png(20 + i), delay=delay) for i in range(6)]
 
     async def main():
@@ -120,8 +124,8 @@ def test_concurrent_calls_overlap_and_keep_the_loop_responsive(http_server):
 
     results, elapsed, gaps = asyncio.run(main())
     assert len(results) == 6 and all(len(r[0]) == 1 and len(r[1]) == 1 for r in results)
-    assert elapsed < 6 * delay / 2, f"calls did not overlap: {elapsed:.2f}s"
-    assert max(gaps) < 0.25, f"event loop blocked for {max(gaps):.3f}s"
+    assert elapsed < 6 * delay, f"calls did not overlap: {elapsed:.2f}s"
+    assert max(gaps) < delay / 2, f"event loop blocked for {max(gaps):.3f}s"
     _wait_no_threads()
 
 
@@ -185,7 +189,7 @@ def test_cancel_stops_a_download(http_server):
             await task
         return time.monotonic() - start
 
-    assert asyncio.run(main()) < 0.1
+    assert asyncio.run(main()) < 0.25  # released at once, not when the download ends
     cancelled_at = time.monotonic()
     _wait_no_threads(2.0)
     assert time.monotonic() - cancelled_at < 1.0  # the download thread stopped at its next chunk
@@ -204,20 +208,31 @@ def test_cancel_stops_a_decode(tmp_path):
         check=True, timeout=120,
     )
     ele = {"video": str(path), "fps": 30.0, "max_frames": 300, "max_pixels": 480 * 360, "total_pixels": 10**9}
+    vlutils.fetch_video(dict(ele), output_dtype=torch.uint8)  # warm: first-call costs are not the decode
     start = time.monotonic()
     vlutils.fetch_video(dict(ele), output_dtype=torch.uint8)
     full = time.monotonic() - start
 
-    async def main():
+    async def main(after: float):
         task = asyncio.create_task(vlutils.afetch_video(dict(ele), output_dtype=torch.uint8))
-        await asyncio.sleep(full * 0.15)
+        await asyncio.sleep(after)
+        if task.done():  # the machine got faster than the timed run: not the case under test
+            await task
+            return None
         task.cancel()
         t0 = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await task
         return time.monotonic() - t0
 
-    assert asyncio.run(main()) < 0.1
+    # Cancel 15% into the decode; if load changed so much that it already finished, try earlier.
+    for fraction in (0.15, 0.05, 0.01):
+        waited = asyncio.run(main(full * fraction))
+        if waited is not None:
+            break
+        _wait_no_threads(full)
+    assert waited is not None, f"every decode finished before its cancel ({full:.2f}s timed)"
+    assert waited < 0.25  # the caller is released at once, not when the decode ends
     stopped_after = _wait_no_threads(full)
     assert stopped_after < max(0.5, full * 0.5), f"decode went on {stopped_after:.2f}s of {full:.2f}s"
 
@@ -255,7 +270,7 @@ def test_safe_mode_and_cache_reach_the_threads(tmp_path, http_server):
 def test_cancel_while_the_server_has_not_answered(http_server):
     """A request waiting for a slow server's headers stops at the cancel (its socket is shut
     down), not when the server answers or at the read timeout."""
-    url = http_server.route("/async_silent_for_long.png", body=_png(50), delay=4.0)
+    url = http_server.route("/async_silent_for_long.png", body=_png(50), delay=8.0)
 
     async def main():
         task = asyncio.create_task(vlutils.afetch_image({"image": url}))
@@ -266,5 +281,5 @@ def test_cancel_while_the_server_has_not_answered(http_server):
 
     start = time.monotonic()
     asyncio.run(main())
-    _wait_no_threads(2.0)
-    assert time.monotonic() - start < 2.0
+    _wait_no_threads(5.0)
+    assert time.monotonic() - start < 5.0  # the server answers after 8 s: headroom for a loaded machine

@@ -120,9 +120,9 @@ def test_missing_extras_say_what_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(InvalidSpecError, match=r'pip install "vlutils\[data,ray\]"'):
+    with pytest.raises(InvalidSpecError, match=r'pip install "qwenvl-kit\[data,ray\]" \(from a checkout: pip install -e "\.\[data,ray\]"\)'):
         require_extras("ray")
-    with pytest.raises(InvalidSpecError, match=r'pip install "vlutils\[data\]"'):
+    with pytest.raises(InvalidSpecError, match=r'pip install "qwenvl-kit\[data\]"'):
         require_extras("local")
 
 

@@ -148,3 +148,15 @@ def test_no_module_outside_the_families_lists_model_types():
 def test_the_literal_finder_finds_lists_and_comparisons():
     tree = ast.parse('A = ("qwen2_vl", "x")\nif t == "qwen3_vl": pass\nB = {"qwen3_5": 1}\ndef f(t="qwen2_vl"): pass')
     assert sorted(_model_type_literals(tree)) == [(1, "qwen2_vl"), (2, "qwen3_vl"), (3, "qwen3_5")]
+
+
+def test_the_docs_table_is_the_registry():
+    """docs/development-families.md shows scripts/families_table.py's output (regenerate it when a family changes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("families_table", ROOT / "scripts" / "families_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "development-families.md").read_text()
+    shown = page.split("-->\n", 1)[1].split("\n<!-- /families-table -->", 1)[0].strip()
+    assert shown == module.table(), "run: python scripts/families_table.py and paste it into the page"

@@ -338,7 +338,7 @@ def test_http_server_never_answers(silent_server, monkeypatch):
     url = silent_server.url + "hang.jpg"
     start = time.monotonic()
     expect_error(FetchTimeoutError, {"image": url}, names=[url])
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 8.0  # 3 tries of 0.5 s; a timeout not honoured hangs for good
 
 
 def test_http_never_answers_with_settings(silent_server):
@@ -347,7 +347,7 @@ def test_http_never_answers_with_settings(silent_server):
     start = time.monotonic()
     with pytest.raises(FetchTimeoutError, match="settings.jpg"):
         resolve_source(url, settings)
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 6.0  # 0.3 s limits; a timeout not honoured hangs for good
 
 
 def test_http_connection_refused(monkeypatch):

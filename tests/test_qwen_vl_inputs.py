@@ -104,6 +104,10 @@ def test_build_inputs_errors_are_typed(tmp_path):
     missing = [{"role": "user", "content": [{"type": "image", "image": str(tmp_path / "nope.png")}]}]
     with pytest.raises(SourceNotFoundError, match="image 0"):
         build_inputs(missing, tok, model_type="qwen_vl")
+    with pytest.raises(SourceNotFoundError, match="conversation 1, image 0"):
+        build_inputs([[{"role": "user", "content": "fine"}], missing], tok, model_type="qwen_vl")
+    with pytest.raises(InvalidOptionError, match="1 image\\(s\\) given but the messages hold 0"):
+        build_inputs([{"role": "user", "content": "hi"}], tok, model_type="qwen_vl", images=[Image.new("RGB", (2, 2))])
     text = [{"role": "user", "content": "hi"}]
     with pytest.raises(InvalidOptionError, match="image_size"):
         build_inputs(text, tok, model_type="qwen_vl", image_size=0)
@@ -140,6 +144,15 @@ def test_build_sample_equals_finetune_preprocess_and_collates(monkeypatch):
     assert packed["pixel_values"].shape[0] == 1
     padded = collate(samples, packed=False, pad_token_id=tok.eod_id)
     assert padded["position_ids"].shape == padded["input_ids"].shape
+
+
+def test_training_layout_without_generation_prompt():
+    tok = tokenizer()
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<ref>x</ref><box>(1,2),(3,4)</box>"}]
+    inputs = build_inputs(messages, tok, model_type="qwen_vl", add_generation_prompt=False)
+    sample = build_sample(messages, tok, "qwen_vl")
+    assert inputs["input_ids"][0].tolist() == sample["input_ids"].tolist()
+    assert tok.decode(sample["input_ids"]).endswith("<|im_end|>\n")
 
 
 def test_build_sample_length_limits():
@@ -248,3 +261,18 @@ def test_safe_mode_applies_to_qwen_vl_images(tmp_path):
             build_inputs(messages(IMAGES / "rgb_0.png"), tok, model_type="qwen_vl", image_size=28)
         with pytest.raises(UnsafeSourceError, match="BMP"):
             build_inputs(messages(inside / "old.bmp"), tok, model_type="qwen_vl", image_size=28)
+
+
+def test_get_rope_index_refuses_qwen_vl_clearly():
+    from vlutils import get_rope_index
+
+    with pytest.raises(InvalidOptionError, match="1-D position ids"):
+        get_rope_index(torch.tensor([[1, 2, 3]]), model_type="qwen_vl")
+
+
+def test_patchify_refuses_qwen_vl_clearly():
+    from vlutils.processor import PRESETS, get_preset
+
+    assert "qwen_vl" not in PRESETS
+    with pytest.raises(InvalidOptionError, match="does not patchify"):
+        get_preset("qwen_vl")

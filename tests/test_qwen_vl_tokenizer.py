@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import shutil
+import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _qwen_vl_fixtures import VOCAB, cases, list_to_items, reference, tokenizer
 from vlutils import load_tokenizer
@@ -129,6 +132,15 @@ def test_conversation_errors_are_typed():
         conversation_turns([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]).history_and_query()
 
 
+def test_tokenizer_pickles_for_worker_processes():
+    import pickle
+
+    tok = tokenizer()
+    again = pickle.loads(pickle.dumps(tok))
+    text = "Picture 1: <img>a.png</img>\nhello <ref>x</ref>"
+    assert again.encode(text) == tok.encode(text) and again.img_start_id == tok.img_start_id
+
+
 def test_load_tokenizer_reads_files_and_folders(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -187,3 +199,33 @@ def test_format_chat_gives_the_original_raw_text_and_reply_spans():
     assert tok.decode(ids) == text
     assert format_chat(messages[:1], model_type="qwen_vl", system_prompt=None).startswith(
         "<|im_start|>system\n<|im_end|>\n")
+
+
+_PLAIN = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60).filter(lambda t: "<" not in t)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_PLAIN, reference=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
+    lambda t: "<" not in t and len(unicodedata.normalize("NFC", t).encode("utf-8")) <= 256))
+def test_round_trip_and_image_span_properties(text, reference):
+    """Any text decodes back to its NFC form; any image reference of <= 256 bytes becomes a
+    258-id span whose bytes read back as the NFC reference."""
+    tok = tokenizer()
+    assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFC", text)
+    ids = tok.encode(f"{text}<img>{reference}</img>{text}")
+    start = ids.index(tok.img_start_id)
+    assert ids[start + 257] == tok.img_end_id
+    assert tok.image_references(ids) == [unicodedata.normalize("NFC", reference)]
+
+
+def test_box_items_in_pixels_go_through_grounding():
+    from vlutils import grounding
+
+    pixels = [[100, 50, 300, 150], [0, 0, 999.6, 500]]
+    item = {"type": "box", "ref": "dog", "box": pixels, "image_size": [1000, 500]}
+    text = conversation_turns([{"role": "user", "content": [item]}]).turns[0][1]
+    model = grounding.to_model([{"box": b} for b in pixels], "qwen_vl", image_size=(1000, 500))
+    assert [list(o["box"]) for o in model] == [[100, 100, 300, 300], [0, 0, 999, 999]]
+    assert text == "<ref>dog</ref><box>(100,100),(300,300)</box><box>(0,0),(999,999)</box>"
+    with pytest.raises(InvalidMessageError, match="message 0, item 0"):
+        conversation_turns([{"role": "user", "content": [{**item, "image_size": [0, 5]}]}])

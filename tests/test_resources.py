@@ -254,7 +254,7 @@ def test_decode_timeout_leaves_nothing_running(backend):
     start = time.monotonic()
     with pytest.raises(DecodeTimeoutError, match="longer than 0.5s"):
         fetch_video({"video": str(BAD / "slow_1080p.mp4"), "fps": 30}, backend=backend, timeout=0.5)
-    assert time.monotonic() - start < 0.5 + 2.5
+    assert time.monotonic() - start < 0.5 + 6  # the whole decode costs ~20 s; headroom for a loaded machine
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         busy = [t.name for t in threading.enumerate() if t.name.startswith("vlutils-video")]

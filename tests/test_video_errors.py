@@ -191,7 +191,7 @@ def test_hanging_backend_stopped_by_time_limit(tmp_path, backend, monkeypatch):
         start = time.monotonic()
         with pytest.raises(DecodeTimeoutError, match="longer than 1s") as info:
             fetch_video({"video": path}, backend=backend, timeout=1.0)
-        assert time.monotonic() - start < 3.0
+        assert time.monotonic() - start < 8.0  # the file hangs for good: headroom for a loaded machine
         assert "stuck.mp4" in str(info.value)
         if backend == "decord":  # runs in a child process: killed, nothing left behind
             import psutil

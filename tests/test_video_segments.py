@@ -289,7 +289,7 @@ def test_stuck_worker_hits_the_time_limit_and_the_others_stop(monkeypatch):
     start = time.monotonic()
     with pytest.raises(DecodeTimeoutError, match="longer than 1s"):
         fetch_video({"video": fixture("h264_long_gop.mp4"), "nframes": 40}, timeout=1.0)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 8  # the worker is stuck for 30 s: headroom for a loaded machine
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and len({t.ident for t in threading.enumerate()} - before) > 1:
         time.sleep(0.02)

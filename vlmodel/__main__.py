@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from vlutils.clitext import plain
+
 def messages_for(images: list[str], videos: list[str], prompt: str, max_pixels: int | None = None,
                  fps: float | None = None) -> list[dict]:
     """One user turn: the images, then the videos, then the prompt (qwen-vl-utils message format)."""
@@ -62,7 +64,7 @@ def stop_ids(model_dir: str, config, tokenizer=None) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlmodel", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vlmodel", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="checkpoint directory (config.json, *.safetensors, tokenizer.json or Qwen-VL's qwen.tiktoken)")

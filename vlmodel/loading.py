@@ -21,6 +21,8 @@ import torch
 
 from torch import nn
 
+from vlutils.clitext import install_hint
+
 from .config import ModelConfig
 from .model import VLModel
 from .quant import install as install_quantized
@@ -65,7 +67,7 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
     try:
         from safetensors.torch import load_file
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("loading checkpoints needs the 'safetensors' package (pip install vlutils[model])") from exc
+        raise ImportError(f"loading checkpoints needs the 'safetensors' package: {install_hint('model')}") from exc
     tensors: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:

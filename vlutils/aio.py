@@ -104,13 +104,13 @@ async def aprocess_vision_info(
     from . import policy as _policy
     from .resize import check_number
     from .messages import iter_vision_items
-    from .vision_process import _fetch_one, assemble
+    from .vision_process import fetch_one, assemble
 
     check_number("image_patch_size", image_patch_size, integer=True)
     items = iter_vision_items(conversations)
     _policy.check_item_count(len(items))
     jobs = [
-        (lambda item=item: _fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid))
+        (lambda item=item: fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid))
         for item in items
     ]
     results = await _gather_in_order(jobs)

@@ -198,7 +198,7 @@ def source_identity(value: Any) -> Any:
 
     Runs the active policy's source checks first (scheme, allowed roots, URL addresses),
     so that a refusal happens before any cache hit."""
-    from .sources import Base64Text, _looks_like_base64, file_uri_to_path
+    from .sources import Base64Text, looks_like_base64, file_uri_to_path
 
     if isinstance(value, dict) and "url" in value:
         return source_identity(value["url"])
@@ -223,7 +223,7 @@ def source_identity(value: Any) -> Any:
         _policy.check_scheme("data", value)
         return ("data", _digest(text))
     is_uri = lowered.startswith("file://")
-    if is_uri or os.path.exists(text) or (_policy.current() is not None and not _looks_like_base64(text)):
+    if is_uri or os.path.exists(text) or (_policy.current() is not None and not looks_like_base64(text)):
         # the same order as vlutils.sources.resolve_source: the policy sees the path before any stat
         checked = _policy.check_path(file_uri_to_path(text) if is_uri else text, value)
         try:
@@ -231,7 +231,7 @@ def source_identity(value: Any) -> Any:
         except OSError:
             return None  # the fetch reports it
         return ("file", os.path.realpath(checked), st.st_size, st.st_mtime_ns)
-    if _looks_like_base64(text):
+    if looks_like_base64(text):
         _policy.check_scheme("base64", value)
         return ("base64", _digest(text))
     return None

@@ -102,7 +102,7 @@ def format_chat_with_spans(
 
     Returns ``(text, spans)``: one ``(message_index, start, end)`` per assistant message, the
     characters ``text[start:end]`` being its rendered output through ``<|im_end|>`` (the header
-    ``<|im_start|>assistant\n`` and the newline after ``<|im_end|>`` are outside). Used to
+    ``<|im_start|>assistant\\n`` and the newline after ``<|im_end|>`` are outside). Used to
     build training labels (vlutils.train). ``add_generation_prompt`` and ``enable_thinking``
     are accepted and ignored: training text has no generation prompt.
     """

@@ -2,7 +2,10 @@
 sizes, visual tokens and timings per item.
 
 Relative paths in the file are looked up in the current directory first, then next to the
-messages file, so a fixtures file works from anywhere.
+messages file, then in each folder above it (so ``fixtures/demo/messages.json``, whose paths
+start at the repository root, works from anywhere). Importing torch and the video decoders
+(seconds, more on a busy machine) happens before the first video is timed and is reported
+on its own line.
 
 ``python -m vlutils prepare SPEC --out DIR ...`` prepares a dataset instead (:mod:`vlutils.data.cli`).
 """
@@ -14,9 +17,11 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
+from .clitext import plain, summary
 from .constants import FRAME_FACTOR, SPATIAL_MERGE_SIZE
 from .errors import InvalidMessageError, VisionInputError, describe_source
 from .families import is_fixed_span, model_types
@@ -29,22 +34,42 @@ logger = logging.getLogger("vlutils.cli")
 _SOURCE_KEYS = ("image", "image_url", "video", "video_url", "url", "path")
 
 
-def _rebase_paths(conversations: Any, base_dir: str) -> None:
-    """Point relative paths that do not exist in the CWD at ``base_dir`` instead (in place)."""
+def _rebase_paths(conversations: Any, base_dir: str) -> dict[str, Any]:
+    """Point relative paths that do not exist in the CWD at ``base_dir`` or the first folder
+    above it that holds them (in place). Returns ``{position: value as written}`` of each
+    item changed, so that reports show what the file says."""
+    written: dict[str, Any] = {}
     for item in iter_vision_items(conversations):
         for key in _SOURCE_KEYS:
             value = item.element.get(key)
-            if isinstance(value, str) and _is_relative_missing(value):
-                candidate = os.path.join(base_dir, value)
-                if os.path.exists(candidate):
-                    item.element[key] = candidate
+            if isinstance(value, dict) and isinstance(value.get("url"), str):  # {"image_url": {"url": ...}}
+                found = _find(value["url"], base_dir)
+                if found is not None:
+                    written[item.position] = value["url"]
+                    item.element[key] = {**value, "url": found}
+            elif isinstance(value, str):
+                found = _find(value, base_dir)
+                if found is not None:
+                    written[item.position] = value
+                    item.element[key] = found
             elif isinstance(value, list):
-                item.element[key] = [
-                    os.path.join(base_dir, v)
-                    if isinstance(v, str) and _is_relative_missing(v) and os.path.exists(os.path.join(base_dir, v))
-                    else v
-                    for v in value
-                ]
+                item.element[key] = [_find(v, base_dir) or v if isinstance(v, str) else v for v in value]
+    return written
+
+
+def _find(value: str, base_dir: str) -> str | None:
+    """Where a relative path missing from the CWD is: next to the messages file or above it."""
+    if not _is_relative_missing(value):
+        return None
+    folder = base_dir
+    while True:
+        candidate = os.path.join(folder, value)
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def _is_relative_missing(value: str) -> bool:
@@ -133,21 +158,40 @@ def _run_item(item: VisionItem, patch: int, model_type: str | None = None, image
 
 def run(path: str, image_patch_size: int = 14, model_type: str | None = None, image_size: int = 448) -> dict:
     """Process a messages file and return the report as a dict. ``model_type="qwen_vl"``:
-    images as Qwen-VL sees them (S x S with ``image_size``, 256 positions each)."""
+    images as Qwen-VL sees them (S x S with ``image_size``, 256 positions each).
+
+    ``total["import_seconds"]`` is the time spent importing the video stack (torch, the
+    decoders) before the items were timed; 0 when it was already imported or not needed."""
     with open(path, encoding="utf-8") as handle:
         conversations = json.load(handle)
-    _rebase_paths(conversations, os.path.dirname(os.path.abspath(path)))
+    written = _rebase_paths(conversations, os.path.dirname(os.path.abspath(path)))
     items = iter_vision_items(conversations)
+    import_seconds = _import_video_stack() if any(item.is_video for item in items) else 0.0
     start = time.perf_counter()
     reports = run_parallel(lambda item: _run_item(item, image_patch_size, model_type, image_size), items,
                            io_bound=True)
+    for report in reports:
+        if report["position"] in written and report["kind"] != "error":
+            report["source"] = _describe(written[report["position"]])
     total = {
         "items": len(reports),
         "errors": sum(r["kind"] == "error" for r in reports),
         "visual_tokens": sum(r.get("visual_tokens", 0) for r in reports),
         "seconds": round(time.perf_counter() - start, 4),
+        "import_seconds": round(import_seconds, 4),
     }
     return {"file": path, "items": reports, "total": total}
+
+
+def _import_video_stack() -> float:
+    """Import what the first video needs (torch, the video pipeline), outside any item's time."""
+    start = time.perf_counter()
+    import torch  # noqa: F401 - imported for its one-time cost
+
+    from . import video  # noqa: F401
+    from .video import pipeline  # noqa: F401
+
+    return time.perf_counter() - start
 
 
 def _size(value: Any) -> str:
@@ -176,7 +220,24 @@ def format_table(report: dict) -> str:
             lines.append(f"{'':<22} timestamps (s): {_seconds(r['timestamps'])}")
     t = report["total"]
     lines.append(f"total: {t['items']} item(s), {t['errors']} error(s), {t['visual_tokens']} visual tokens, {t['seconds']:.3f}s")
+    if t.get("import_seconds"):
+        lines.append(f"(before timing: {t['import_seconds']:.3f}s importing torch and the video decoders, once per process)")
     return "\n".join(lines)
+
+
+_COMMANDS = """commands:
+  vlutils MESSAGES.json [--json]     report every image and video of a messages file (this command)
+  vlutils prepare SPEC --out DIR ... prepare a dataset into resumable Parquet shards
+                                     (python -m vlutils prepare --help)
+
+other command lines of this package:
+  python -m vlutils.grounding IMAGE --model-type T --answer TEXT --out OUT.png
+                                     draw a model's boxes and points, print them in pixels
+  python -m vlutils.video.precompile compile the fast video resize once (after installing)
+  python -m vlmodel --model DIR --image PATH --prompt TEXT
+                                     chat with a checkpoint (the 'model' extra)
+
+"vlutils" is also "python -m vlutils"."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         from .data.cli import main as prepare_main
 
         return prepare_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="vlutils", description=__doc__.split("\n\n")[0])
-    parser.add_argument("messages", help="JSON file: a list of messages, or a list of conversations")
+    parser = argparse.ArgumentParser(
+        prog="vlutils", usage="vlutils [-h] MESSAGES.json [--json] [--image-patch-size N] [--model-type qwen_vl "
+                              "[--image-size S]] [-v]\n"
+                              "       vlutils prepare SPEC --out DIR --tokenizer TOKENIZER [...]",
+        description=textwrap.fill(summary(__doc__) + " " + " ".join(plain(__doc__.split("\n\n")[1]).split()), 90),
+        epilog=_COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("messages", metavar="MESSAGES.json",
+                        help="JSON file: a list of messages, or a list of conversations")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--image-patch-size", type=int, default=14, help="14 (Qwen2/2.5-VL) or 16 (Qwen3-VL)")
     parser.add_argument("--model-type", choices=[t for t in model_types("inputs") if is_fixed_span(t)], default=None,

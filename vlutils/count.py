@@ -21,7 +21,7 @@ from .errors import (
     DecodeError, InvalidMessageError, InvalidOptionError, SizeLimitError, UnsupportedSourceError, VisionInputError,
 )
 from .families import is_fixed_span
-from .image import _EXIF_ORIENTATION, image_source, resolve_image_size
+from .image import EXIF_ORIENTATION, image_source, resolve_image_size
 from .messages import VisionItem, iter_vision_items
 from .pool import is_url, run_parallel
 from .processor import get_preset
@@ -145,7 +145,7 @@ def _image_size(value: Any, settings: FetchSettings) -> tuple[int, int]:
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # as fetching: malformed EXIF means no orientation
         orientation = 1
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
@@ -155,7 +155,7 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
 
 
 def _count_video(ele: dict, preset, settings: FetchSettings) -> dict:
-    from .video.fetch import _suffix, refuse_playlist, video_source
+    from .video.fetch import source_suffix, refuse_playlist, video_source
     from .video.header import read_video_header
     from .video.resize import video_target_size
     from .video.sampling import calculate_video_frame_range, smart_nframes
@@ -170,7 +170,7 @@ def _count_video(ele: dict, preset, settings: FetchSettings) -> dict:
         raise UnsupportedSourceError(f"unsupported video type {type(value).__name__}", value)
     if "fps" in ele and "nframes" in ele:
         raise InvalidOptionError("give either `fps` or `nframes`, not both", value if isinstance(value, str) else None)
-    with local_file(value, settings, suffix=_suffix(value)) as path:
+    with local_file(value, settings, suffix=source_suffix(value)) as path:
         refuse_playlist(path, value)
         header = read_video_header(path, value)
     start, end, count = calculate_video_frame_range(ele, header.total_frames, header.fps)

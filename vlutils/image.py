@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Same threshold at which Pillow raises DecompressionBombError (2x its warning limit).
 MAX_IMAGE_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112
+_EXIF_ORIENTATION = EXIF_ORIENTATION  # its name before it was public
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -132,7 +133,7 @@ def _from_object(obj: Any, original: Any) -> Image.Image:
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate/flip as the EXIF Orientation tag says (the reference ignores it)."""
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # malformed EXIF must not make an otherwise fine image unusable
         return image
     if orientation in (2, 3, 4, 5, 6, 7, 8):
@@ -142,8 +143,10 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, compositing any alpha on white (the reference does so for RGBA only)."""
+def to_rgb(pil_image: Image.Image) -> Image.Image:
+    """RGB, compositing any alpha on white (the reference does so for RGBA only). The
+    parameter is named as in qwen-vl-utils, so ``to_rgb(pil_image=...)`` works as there."""
+    image = pil_image
     mode = image.mode
     if mode == "RGB":
         return image

@@ -28,7 +28,10 @@ from .errors import InvalidMessageError, InvalidOptionError, SampleTooLongError,
 from .image_qwen_vl import DEFAULT_IMAGE_SIZE, check_image_size, load_qwen_vl_image, qwen_vl_transform
 from .tiktoken_qwen import IMG_TOKEN_SPAN, QwenTiktokenTokenizer
 
-__all__ = ["MODEL_TYPE", "build_qwen_vl_inputs", "build_qwen_vl_sample", "count_qwen_vl_tokens", "qwen_vl_prompt"]
+__all__ = [
+    "MODEL_TYPE", "build_qwen_vl_inputs", "build_qwen_vl_sample", "count_qwen_vl_tokens", "qwen_vl_prompt",
+    "image_positions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,13 @@ def qwen_vl_prompt(
     ``make_context`` prompt, older turns dropped past ``max_window_size`` tokens (their images
     with them). Without: the ``finetune.py`` layout of the whole conversation.
     """
+    ids, turns, kept = _prompt(messages, tokenizer, add_generation_prompt, system_prompt, max_window_size)
+    return ids, turns.images[len(turns.images) - kept:]
+
+
+def _prompt(messages, tokenizer, add_generation_prompt, system_prompt, max_window_size) -> tuple[list[int], Turns, int]:
+    """``(ids, turns, kept)``: the ids, the conversation's turns and how many of its images
+    (the last ``kept``: the window drops whole old turns) have their span in the ids."""
     _check_tokenizer(tokenizer)
     turns = conversation_turns(messages, system_prompt)
     if add_generation_prompt:
@@ -57,7 +67,11 @@ def qwen_vl_prompt(
         _, ids = make_context(tokenizer, query, history, turns.system, max_window_size)
     else:
         ids, _ = training_pieces(tokenizer, turns)
-    return ids, _images_kept(ids, turns, tokenizer)
+    kept = sum(1 for i in ids if i == tokenizer.img_start_id)
+    if kept > len(turns.images):
+        raise InvalidMessageError(f"the prompt has {kept} <img> spans but the messages hold "
+                                  f"{len(turns.images)} images (an <img> tag written without </img>?)")
+    return ids, turns, kept
 
 
 def build_qwen_vl_inputs(
@@ -84,36 +98,33 @@ def build_qwen_vl_inputs(
     size = check_image_size(image_size)
     _check_tokenizer(tokenizer)
     pad_id = tokenizer.pad_token_id if pad_token_id is None else int(pad_token_id)
-    rows, kept_items = [], []
-    given = list(images) if images is not None else None
-    offset = 0
+    batched = len(conversations) > 1
+    rows, sources, counts = [], [], []  # sources: (conversation, image index, item) of each kept image
     for c, conversation in enumerate(conversations):
         try:
-            ids, items = qwen_vl_prompt(conversation, tokenizer, add_generation_prompt=add_generation_prompt,
-                                        system_prompt=system_prompt, max_window_size=max_window_size)
-            total = len(conversation_turns(conversation, system_prompt).images)
+            ids, turns, kept = _prompt(conversation, tokenizer, add_generation_prompt, system_prompt, max_window_size)
         except VisionInputError as exc:
-            if len(conversations) > 1:
-                position = f"conversation {c}, {exc.position}" if exc.position else f"conversation {c}"
-                raise type(exc)(exc.reason, exc.source, position) from None
+            if batched:
+                raise type(exc)(exc.reason, exc.source, f"conversation {c}" + (f", {exc.position}" if exc.position
+                                                                                 else "")) from None
             raise
         rows.append(ids)
-        if given is not None:
-            if offset + total > len(given):
-                raise InvalidOptionError(f"{len(given)} image(s) given for more images in the messages")
-            kept_items += [{"image": img} for img in given[offset + total - len(items): offset + total]]
-        else:
-            kept_items += [_positioned(item, c, len(conversations)) for item in items]
-        offset += total
-    if given is not None and offset != len(given):
-        raise InvalidOptionError(f"{len(given)} image(s) given but the messages hold {offset}")
+        first = len(turns.images) - kept
+        sources += [(c, first + k, turns.images[first + k]) for k in range(kept)]
+        counts.append(len(turns.images))
+    if images is not None:
+        given, offsets = list(images), [sum(counts[:c]) for c in range(len(counts))]
+        if len(given) != sum(counts):
+            raise InvalidOptionError(f"{len(given)} image(s) given but the messages hold {sum(counts)}")
+        sources = [(c, k, {"image": given[offsets[c] + k]}) for c, k, _ in sources]
+    labelled = [((f"conversation {c}, " if batched else "") + f"image {k}", item) for c, k, item in sources]
     input_ids, attention_mask = _pad(rows, pad_id, padding_side)
     position_ids = attention_mask.cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "pixel_values": _pixel_values(kept_items, size),
+        "pixel_values": _pixel_values(labelled, size),
         "image_grid_thw": None,
         "pixel_values_videos": None,
         "video_grid_thw": None,
@@ -171,7 +182,7 @@ def build_qwen_vl_sample(
     if len(items) != len(turns.images):
         raise InvalidOptionError(f"{len(items)} image(s) given but the conversation holds {len(turns.images)}",
                                  position=name)
-    pixels = _pixel_values(items, size)
+    pixels = _pixel_values([(f"image {k}", item) for k, item in enumerate(items)], size)
     n = len(ids)
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),
@@ -206,31 +217,15 @@ def _check_tokenizer(tokenizer: Any) -> None:
         )
 
 
-def _images_kept(ids: list[int], turns: Turns, tokenizer: QwenTiktokenTokenizer) -> list[dict]:
-    """The images whose spans are in ``ids``: the window drops whole old turns, so a suffix."""
-    spans = sum(1 for i in ids if i == tokenizer.img_start_id)
-    if spans > len(turns.images):
-        raise InvalidMessageError(f"the prompt has {spans} <img> spans but the messages hold "
-                                  f"{len(turns.images)} images (an <img> tag written without </img>?)")
-    return turns.images[len(turns.images) - spans:]
-
-
-def _positioned(item: dict, conversation: int, batch: int) -> dict:
-    return {**item, "_position": f"conversation {conversation}" if batch > 1 else None}
-
-
-def _pixel_values(items: Sequence[dict], size: int) -> torch.Tensor | None:
+def _pixel_values(items: Sequence[tuple[str, dict]], size: int) -> torch.Tensor | None:
+    """``(N, 3, S, S)`` for ``(where, item)`` pairs; a failing image's error says ``where``."""
     tensors = []
-    for index, item in enumerate(items):
-        position = item.get("_position")
-        clean = {k: v for k, v in item.items() if k != "_position"}
+    for where, item in items:
         try:
-            tensors.append(qwen_vl_transform(load_qwen_vl_image(clean), size))
+            tensors.append(qwen_vl_transform(load_qwen_vl_image(item), size))
         except VisionInputError as exc:
-            where = f"{position}, image {index}" if position else f"image {index}"
             raise exc.with_position(where) from None
     return torch.stack(tensors) if tensors else None
-
 
 
 def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,14 +68,24 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from .errors import FetchError, InvalidOptionError, SizeLimitError, UnsafeSourceError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sources import FetchSettings
-
 logger = logging.getLogger(__name__)
+
+
+class FetchLimits(Protocol):
+    """What a policy changes in fetch settings (:class:`vlutils.sources.FetchSettings` has it;
+    described here so that this module need not import vlutils.sources, which imports it)."""
+
+    url_check: Callable[[str], None] | None
+    max_bytes: int
+
+    def replace(self, **changes: Any) -> Any: ...
+
+
+Settings = TypeVar("Settings", bound=FetchLimits)
 
 SCHEMES = frozenset({"http", "https", "file", "data", "base64", "s3"})
 # s3:// reads with the server's own credentials: an untrusted request must not pick the bucket unless allowed.
@@ -288,7 +298,7 @@ class SafetyPolicy:
             return value
         return cap if value is None else min(value, cap)
 
-    def apply(self, settings: "FetchSettings") -> "FetchSettings":
+    def apply(self, settings: Settings) -> Settings:
         """``settings`` with this policy's URL check chained in and its byte cap applied."""
         check = settings.url_check
         if check is not None and (check == self.check_url or getattr(check, "_vlutils_policy", None) is self):
@@ -485,7 +495,7 @@ def limit(name: str, value: float | None) -> float | None:
     return value if policy is None else policy.limit(name, value)
 
 
-def apply(settings: "FetchSettings") -> "FetchSettings":
+def apply(settings: Settings) -> Settings:
     """``settings`` with the active policy's URL check and byte cap (unchanged without one)."""
     policy = current()
     return settings if policy is None else policy.apply(settings)

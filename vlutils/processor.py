@@ -30,8 +30,11 @@ from .pool import run_parallel
 
 __all__ = ["VisionPreset", "PRESETS", "get_preset", "patchify", "patchify_image", "patchify_video"]
 
-# Every family's preset, keyed by model_type (from vlutils.families).
-PRESETS: dict[str, VisionPreset] = {name: f.vision for name, f in FAMILIES.items() if "inputs" in f.uses}
+# Every patchifying family's preset, keyed by model_type (from vlutils.families; Qwen-VL's fixed
+# 448x448 images are not patchified: vlutils.image_qwen_vl).
+PRESETS: dict[str, VisionPreset] = {
+    name: f.vision for name, f in FAMILIES.items() if "inputs" in f.uses and f.pipeline == "patches"
+}
 
 
 def get_preset(model_type: str | VisionPreset = "qwen2_vl", **overrides: Any) -> VisionPreset:
@@ -39,7 +42,11 @@ def get_preset(model_type: str | VisionPreset = "qwen2_vl", **overrides: Any) ->
     if isinstance(model_type, VisionPreset):
         preset = model_type
     else:
-        preset = get_family(model_type, "inputs").vision
+        family = get_family(model_type, "inputs")
+        if family.pipeline != "patches":
+            raise InvalidOptionError(f"model_type {model_type!r} ({family.title}) does not patchify its images: "
+                                     "build_inputs / vlutils.image_qwen_vl make its pixel_values")
+        preset = family.vision
     fields = {f.name for f in dataclasses.fields(VisionPreset)}
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -67,6 +67,9 @@ def get_rope_index(
     With neither given, ids fall back to ``cumsum(attention_mask) - 1`` like transformers.
     """
     style = get_family(model_type, "inputs").position_ids  # one of families.POSITION_STYLES
+    if style == "text":
+        raise InvalidOptionError(f"model_type {model_type!r} has plain 1-D position ids, not M-RoPE "
+                                 "(build_inputs returns them)")
     if not isinstance(spatial_merge_size, int) or isinstance(spatial_merge_size, bool) or spatial_merge_size < 1:
         raise InvalidOptionError(f"spatial_merge_size must be a positive int, got {spatial_merge_size!r}")
     ids = _as_ids(input_ids)

@@ -384,7 +384,7 @@ def file_uri_to_path(uri: str, os_name: str | None = None) -> str:
     return decoded
 
 
-def _looks_like_base64(text: str) -> bool:
+def looks_like_base64(text: str) -> bool:
     """Long text in the base64 alphabet. Absolute paths also match the alphabet, so text
     starting with '/' only counts when it starts like a base64 JPEG ("/9j/")."""
     if len(text) < 32 or not _BASE64_RE.match(text):
@@ -456,10 +456,10 @@ def resolve_source(value: Any, settings: FetchSettings | None = None, *, downloa
     match = _SCHEME_RE.match(text)
     if match and len(match.group(1)) > 1 and text[len(match.group(0)):].startswith("//"):
         raise UnsupportedSourceError(f"unsupported URL scheme {match.group(1)!r}", value)
-    if os.path.exists(text) or (_policy.current() is not None and not _looks_like_base64(text)):
+    if os.path.exists(text) or (_policy.current() is not None and not looks_like_base64(text)):
         # under a policy, check the path before existence so a refusal reveals nothing
         return Source("path", value, path=_check_local_path(_policy.check_path(text, value), value))
-    if _looks_like_base64(text):
+    if looks_like_base64(text):
         _policy.check_scheme("base64", value)
         return Source("bytes", value, data=decode_base64(text, value))
     raise SourceNotFoundError("no such file (and not a URL, data URI or base64 string)", value)
@@ -536,3 +536,7 @@ def local_file(value: Any, settings: FetchSettings | None = None, suffix: str = 
     finally:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_looks_like_base64 = looks_like_base64

@@ -15,9 +15,11 @@ from .resize import check_number
 logger = logging.getLogger(__name__)
 
 
-def _fetch_one(
+def fetch_one(
     item: VisionItem, image_patch_size: int, return_video_metadata: bool, frames_patch_grid: bool = False
 ) -> tuple[str, Any, Any]:
+    """One vision item -> ``(kind, value, sample_fps)`` as :func:`assemble` takes them (shared
+    with the async API); errors name the item's position."""
     try:
         element = item.element
         if not item.is_video and item.has_source:
@@ -47,7 +49,7 @@ def _downloads(items: Sequence[VisionItem]) -> bool:
         try:
             value = item_source(item.element, "video" if item.is_video else "image")
         except VisionInputError:
-            continue  # reported by _fetch_one, in order
+            continue  # reported by fetch_one, in order
         if is_url(value):
             return True
     return False
@@ -76,7 +78,7 @@ def process_vision_info(
     items = iter_vision_items(conversations)
     _policy.check_item_count(len(items))  # safe mode: bounded work per call
     results = run_parallel(
-        lambda item: _fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid), items,
+        lambda item: fetch_one(item, image_patch_size, return_video_metadata, frames_patch_grid), items,
         io_bound=_downloads(items),
     )
     return assemble(results, return_video_kwargs, return_video_metadata)
@@ -94,3 +96,7 @@ def assemble(results: list[tuple[str, Any, Any]], return_video_kwargs: bool, ret
     if return_video_kwargs:
         return image_inputs, video_inputs, video_kwargs
     return image_inputs, video_inputs
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_fetch_one = fetch_one

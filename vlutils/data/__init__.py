@@ -2,7 +2,8 @@
 
 ``python -m vlutils prepare SPEC --out DIR --tokenizer TOKENIZER --model-type TYPE`` (see
 :mod:`vlutils.data.cli`), or in code :func:`prepare`. pyarrow (and Ray for ``engine="ray"``)
-are optional extras: ``pip install "vlutils[data,ray]"``. Names are loaded lazily.
+are optional extras: ``pip install "qwenvl-kit[data,ray]"`` (from a checkout:
+``pip install -e ".[data,ray]"``). Names are loaded lazily.
 """
 
 from __future__ import annotations

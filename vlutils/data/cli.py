@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Prepare a dataset (JSONL file or mixture config) into resumable Parquet shards.")
     parser.add_argument("spec", help="a .jsonl dataset, or a mixture config (.json / .yaml)")
     parser.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    parser.add_argument("--tokenizer", required=True, help="a tokenizer.json file or a folder holding one")
+    parser.add_argument("--tokenizer", required=True,
+                        help="a tokenizer.json or qwen.tiktoken (Qwen-VL) file, or a checkpoint folder holding one")
     parser.add_argument("--model-type", choices=model_types("prepare"), help="overrides the spec")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--workers", type=int, help="worker processes (local) or actors (ray); default: by CPUs")

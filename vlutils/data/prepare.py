@@ -17,6 +17,7 @@ import os
 from dataclasses import replace
 from typing import Any, Iterator
 
+from ..clitext import install_hint
 from ..errors import InvalidOptionError, InvalidSpecError
 from ..families import get_family
 from . import shards
@@ -41,7 +42,7 @@ def require_extras(engine: str = "local") -> None:
                 missing.append(extra)
     if missing:
         raise InvalidSpecError(
-            f"dataset preparation needs {' and '.join(missing)} support: pip install \"vlutils[{','.join(missing)}]\"")
+            f"dataset preparation needs {' and '.join(missing)} support: {install_hint(*missing)}")
 
 
 def resolve_spec(spec: str | DatasetSpec, *, model_type: str | None = None, max_length: int | None = None,

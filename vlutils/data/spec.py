@@ -22,6 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from ..clitext import install_hint
 from ..errors import InvalidSpecError
 
 FORMATS = ("auto", "messages", "sharegpt", "llava")
@@ -83,7 +84,7 @@ def load_spec(path: str) -> DatasetSpec:
         else:
             config = json.loads(text)
     except ImportError:
-        raise InvalidSpecError(f"{path}: YAML specs need pyyaml: pip install 'vlutils[data]'") from None
+        raise InvalidSpecError(f"{path}: YAML specs need pyyaml: {install_hint('data')}") from None
     except Exception as exc:  # json / yaml syntax errors
         raise InvalidSpecError(f"{path}: not valid JSON/YAML: {exc}") from None
     return parse_spec(config, os.path.dirname(path), path)

@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 
+from ..clitext import plain
 from ..errors import VisionInputError
 from ..image import open_image
 from .conventions import MODEL_TYPES, get_convention, to_image
@@ -31,7 +32,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlutils.grounding", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vlutils.grounding", description=plain(__doc__))
     parser.add_argument("image", help="the image the model saw: path, URL, data URI")
     parser.add_argument("--model-type", required=True, help=", ".join(MODEL_TYPES))
     answer = parser.add_mutually_exclusive_group(required=True)

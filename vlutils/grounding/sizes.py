@@ -13,10 +13,9 @@ from PIL import Image
 
 from ..constants import SPATIAL_MERGE_SIZE
 from ..errors import InvalidOptionError
-from ..image import resolve_image_size
+from ..image import EXIF_ORIENTATION, resolve_image_size
 from ..resize import check_number
 
-_EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
@@ -83,7 +82,7 @@ def upright_size(source: Any) -> tuple[int, int]:
 def _oriented(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # malformed EXIF: vlutils then leaves the image as stored, and so do we
         orientation = 1
     return (height, width) if orientation in _TRANSPOSED else (width, height)

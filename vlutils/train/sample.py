@@ -22,7 +22,7 @@ from ..families import get_family, is_fixed_span, model_types
 from ..inputs import build_inputs, fetch_media, nth, split_video_metadata, video_timestamps
 from ..processor import get_preset
 from .labels import encode_with_offsets, labels_from_spans
-from .shrink import Media, _take_metadata, apply, media_size, plan_shapes, shrink_candidates
+from .shrink import Media, take_metadata, apply, media_size, plan_shapes, shrink_candidates
 
 __all__ = ["build_sample", "TRUNCATION_MODES"]
 
@@ -58,8 +58,8 @@ def build_sample(
     shifts). ``train_on="all"`` (default) trains every assistant turn, ``"last"`` only the last.
 
     Qwen3.5 / Qwen3.5-MoE: a labeled turn is everything the template renders after
-    ``<|im_start|>assistant\n``: for turns after the last user query that includes the thinking
-    block ``<think>\n{reasoning}\n</think>\n\n`` (the model writes it; an empty one when the
+    ``<|im_start|>assistant\\n``: for turns after the last user query that includes the thinking
+    block ``<think>\\n{reasoning}\\n</think>\\n\\n`` (the model writes it; an empty one when the
     turn has no reasoning); earlier turns are rendered without their reasoning, so only their
     reply is labeled. To train the reasoning of every turn, make one sample per turn.
 
@@ -221,7 +221,7 @@ def _shrink(text, spans, media, messages, tokenizer, model_type, preset, max_len
     video_items = [i for i in items if item_kind(i) == "video"]
     smallest = length
     for plan in shrink_candidates(media, image_items, video_items, preset.factor):
-        metadata = [_take_metadata(meta, pick) for meta, pick in zip(media.metadata, plan.picks)]
+        metadata = [take_metadata(meta, pick) for meta, pick in zip(media.metadata, plan.picks)]
         result = _tokenize(text, spans, plan_shapes(media, plan), metadata, tokenizer, model_type, preset, given_fps)
         smallest = len(result[0])
         if smallest <= max_length:

@@ -100,7 +100,7 @@ def apply(media: Media, plan: Plan) -> Media:
     return Media(
         [_resize(img, t) for img, t in zip(media.images, plan.image_sizes)],
         [_take(video, pick) for video, pick in zip(media.frames, plan.picks)],
-        [_take_metadata(meta, pick) for meta, pick in zip(media.metadata, plan.picks)],
+        [take_metadata(meta, pick) for meta, pick in zip(media.metadata, plan.picks)],
         None if media.fps is None else [f * len(p) / n for f, p, n in zip(media.fps, plan.picks, counts)],
     )
 
@@ -147,7 +147,8 @@ def _take(video: Any, pick: list[int]) -> Any:
     return video[torch.as_tensor(pick)] if isinstance(video, torch.Tensor) else video[np.asarray(pick)]
 
 
-def _take_metadata(meta: Any, pick: list[int]) -> Any:
+def take_metadata(meta: Any, pick: list[int]) -> Any:
+    """A video's metadata after keeping only the sampled frames at positions ``pick``."""
     if meta is None:
         return None
     out = type(meta)(meta)
@@ -175,3 +176,7 @@ def _resize(image: Any, target: tuple[int, int]) -> Any:
     y = y.clamp(0, 255).round().to(tensor.dtype)[0]
     return y if chw else y.permute(1, 2, 0).contiguous()
 
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_take_metadata = take_metadata

@@ -4,10 +4,11 @@ Backends (``pyav`` default, ``decord``, ``torchcodec``, ``torchvision``) are imp
 lazily: nothing here loads decord, torchcodec or torchvision at import time.
 """
 
-from .backends import VIDEO_READER_BACKENDS, get_video_reader_backend
+from .backends import get_video_reader_backend
 from .backends.pyav_index import FrameIndex, read_frame_index
 from .fetch import fetch_video, video_source, video_timeout
 from .metadata import VideoMetadata
+from .readers import VIDEO_READER_BACKENDS
 from .sampling import calculate_video_frame_range, smart_nframes
 
 __all__ = [

@@ -217,7 +217,7 @@ def _fetch_file(ele, value, image_patch_size, backend_name, timeout, output_dtyp
         nframes_box.append(len(result.indices))
         return result
 
-    suffix = _suffix(value)
+    suffix = source_suffix(value)
     with local_file(value, settings, suffix=suffix) as path:
         refuse_playlist(path, value)
         result = decode_video(
@@ -298,7 +298,9 @@ def refuse_playlist(path: str, value: Any) -> None:
             "open other files or URLs", _label(value))
 
 
-def _suffix(value: Any) -> str:
+def source_suffix(value: Any) -> str:
+    """The file extension of a video path or URL (``".mp4"``), or "" (temporary copies keep it:
+    some demuxers probe by name)."""
     if isinstance(value, str) and not value.startswith("data:"):
         tail = value.split("?", 1)[0].rsplit("/", 1)[-1]
         if "." in tail:
@@ -313,3 +315,7 @@ def _short_label(value: Any) -> str:
 
 
 __all__ = ["fetch_video", "read_video", "video_source", "video_timeout", "DEFAULT_TIMEOUT", "TIMEOUT_ENV"]
+
+
+# The name this helper had before it was public (other modules used it); new code uses the public one.
+_suffix = source_suffix

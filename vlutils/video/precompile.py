@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ..clitext import install_hint
 from .resize_fast import compile_kernels
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ def main() -> int:
     if compile_kernels():
         logger.info("vlutils: fast resize kernels compiled into numba's cache")
     else:
-        logger.info("vlutils: fast resize unavailable (install the 'fast' extra: numba)")
+        logger.info("vlutils: fast resize unavailable (install the 'fast' extra: %s)", install_hint("fast"))
     return 0
 
 

@@ -17,39 +17,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_BACKEND = "pyav"
 ENV_VAR = "FORCE_QWENVL_VIDEO_READER"
 
-class _Callable:
-    """Makes ``VIDEO_READER_BACKENDS[name](ele)`` work as in qwen-vl-utils: it returns
-    ``(uint8 TCHW frames, metadata, sample_fps)`` without resizing."""
-
-    name: str
-
-    def __call__(self, ele):
-        from ..fetch import read_video  # noqa: PLC0415 - fetch imports this module
-
-        return read_video(ele, backend=self.name)
-
-
-class _PyAV(_Callable, PyAVBackend):
-    pass
-
-
-class _Decord(_Callable, DecordBackend):
-    pass
-
-
-class _Torchcodec(_Callable, TorchcodecBackend):
-    pass
-
-
-class _Torchvision(_Callable, TorchvisionBackend):
-    pass
-
-
-VIDEO_READER_BACKENDS: dict[str, Backend] = {
-    "pyav": _PyAV(),
-    "decord": _Decord(),
-    "torchcodec": _Torchcodec(),
-    "torchvision": _Torchvision(),
+# One instance per backend, by name. vlutils.video.BACKENDS (qwen-vl-utils'
+# callable table) wraps these; it lives in vlutils.video.readers because calling a reader
+# needs vlutils.video.fetch, which imports this module.
+BACKENDS: dict[str, Backend] = {
+    "pyav": PyAVBackend(),
+    "decord": DecordBackend(),
+    "torchcodec": TorchcodecBackend(),
+    "torchvision": TorchvisionBackend(),
 }
 
 
@@ -59,9 +34,9 @@ def get_video_reader_backend() -> str:
     forced = os.environ.get(ENV_VAR)
     if forced is not None and forced.strip():
         name = forced.strip().lower()
-        if name not in VIDEO_READER_BACKENDS:
+        if name not in BACKENDS:
             raise BackendUnavailableError(
-                f"unknown video backend {forced!r} in {ENV_VAR}; choose one of {', '.join(VIDEO_READER_BACKENDS)}"
+                f"unknown video backend {forced!r} in {ENV_VAR}; choose one of {', '.join(BACKENDS)}"
             )
         return name
     return DEFAULT_BACKEND
@@ -70,10 +45,10 @@ def get_video_reader_backend() -> str:
 def resolve_backend(name: str | None = None) -> Backend:
     """The backend object for ``name`` (default: :func:`get_video_reader_backend`), checked to load."""
     name = get_video_reader_backend() if name is None else str(name).strip().lower()
-    backend = VIDEO_READER_BACKENDS.get(name)
+    backend = BACKENDS.get(name)
     if backend is None:
         raise BackendUnavailableError(
-            f"unknown video backend {name!r}; choose one of {', '.join(VIDEO_READER_BACKENDS)}"
+            f"unknown video backend {name!r}; choose one of {', '.join(BACKENDS)}"
         )
     reason = backend.unavailable_reason()
     if reason is not None:
@@ -82,6 +57,6 @@ def resolve_backend(name: str | None = None) -> Backend:
 
 
 __all__ = [
-    "VIDEO_READER_BACKENDS", "Backend", "FrameSink", "Probe", "Reader",
+    "BACKENDS", "Backend", "FrameSink", "Probe", "Reader",
     "get_video_reader_backend", "resolve_backend", "DEFAULT_BACKEND",
 ]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...clitext import install_hint
 from ...errors import DecodeError
 from .base import FrameSink, Probe
 
@@ -131,7 +132,7 @@ class DecordBackend:
         try:
             import decord  # noqa: F401, PLC0415 - checks that its library loads; decoding runs in a child
         except Exception as exc:
-            return f"decord cannot be imported ({_short(exc)}); install it with `pip install decord`"
+            return f"decord cannot be imported ({_short(exc)}); install it with {install_hint('decord')}"
         return None
 
     def open(self, path: str, source: Any, threads: int = 0) -> DecordReader:

@@ -26,7 +26,8 @@ from ..segments import keyframe_before
 from ..threads import BUDGET, video_threads
 from .base import FrameSink, Probe
 from .pyav_index import FrameIndex, decode_packet, open_container, quarter_turns, read_frame_index
-from .pyav_index import import_av as _import_av, short_error as _short, video_stream as _video_stream
+from .pyav_index import import_av, short_error, video_stream
+from .pyav_parallel import InexactIndex, parallel_capable, read_parallel
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ class PyAVReader:
     def read(self, indices: Sequence[int], sink: FrameSink, should_stop: Callable[[], bool]) -> None:
         """Decode ``indices`` into ``sink``: keyframe segments in parallel where the
         container seeks exactly, else (or if that finds the index inexact) one forward pass."""
-        from .pyav_parallel import InexactIndex, parallel_capable, read_parallel  # noqa: PLC0415
-
         self.probe()
         if parallel_capable(self._index):
             try:
@@ -82,7 +81,7 @@ class PyAVReader:
         wanted = list(indices)
         keyframes = probe.keyframes or []
         can_seek = self._sorted_pts is not None and bool(keyframes)
-        av = _import_av()
+        av = import_av()
         granted = BUDGET.acquire(video_threads())
         try:
             container = open_container(self.path, self.source)
@@ -90,7 +89,7 @@ class PyAVReader:
             BUDGET.release(granted)
             raise
         try:
-            stream = _video_stream(container)
+            stream = video_stream(container)
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads or granted
             codec = stream.codec_context
@@ -133,7 +132,7 @@ class PyAVReader:
                         if idx > wanted[pos]:
                             logger.warning("%s: frames %d..%d never decoded; using frame %d", self.path, wanted[pos], idx - 1, idx)
                         if convert is None:
-                            convert = self._converter(frame, sink)
+                            convert = self.converter(frame, sink)
                         array = convert(frame)
                         while pos < len(wanted) and wanted[pos] <= idx:
                             sink.put(wanted[pos], array)
@@ -167,7 +166,7 @@ class PyAVReader:
                     self.source,
                 )
         except av.FFmpegError as exc:
-            raise DecodeError(f"decoding failed ({_short(exc)})", self.source) from None
+            raise DecodeError(f"decoding failed ({short_error(exc)})", self.source) from None
         finally:
             container.close()
             BUDGET.release(granted)
@@ -178,7 +177,7 @@ class PyAVReader:
         key = keyframe_before(keyframes, target)  # 0 when none: never beyond last + 1 >= 0
         return key if key > last + 1 else None
 
-    def _converter(self, first, sink: FrameSink) -> Callable[[Any], np.ndarray]:
+    def converter(self, first, sink: FrameSink) -> Callable[[Any], np.ndarray]:
         """Frame -> display-oriented HWC uint8 RGB, scaled in FFmpeg when ``sink.fast_resize``."""
         rotation = quarter_turns(first)
         self.rotation = rotation * 90
@@ -210,7 +209,7 @@ class PyAVBackend:
 
     def unavailable_reason(self) -> str | None:
         try:
-            _import_av()
+            import_av()
         except ImportError as exc:  # pragma: no cover - av is a hard dependency
             return f"PyAV (av) cannot be imported: {exc}"
         return None

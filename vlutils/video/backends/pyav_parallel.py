@@ -15,20 +15,31 @@ with an unknown timestamp, a wanted frame the decoder never produced) raises
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
 from ...errors import DecodeError
 from .pyav_index import FrameIndex, decode_packet, import_av, open_container, short_error, video_stream
 from ..segments import Segment, plan_segments
 from ..threads import BUDGET, video_threads
-
-if TYPE_CHECKING:
-    from .base import FrameSink
-    from .pyav import PyAVReader
+from .base import FrameSink
 
 # containers whose seek lands exactly on the requested keyframe (by their index)
 EXACT_SEEK_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
 _JOIN_POLL = 0.1
+
+
+class SegmentReader(Protocol):
+    """What segment decoding needs of the reader that calls it (``vlutils.video.backends.pyav.PyAVReader``;
+    described here so that this module need not import pyav, which imports it)."""
+
+    path: str
+    source: Any
+    skip_nonref: bool
+    workers: int
+    seeks: int
+    decoded: int
+
+    def converter(self, first: Any, sink: FrameSink) -> Callable[[Any], Any]: ...
 
 
 class InexactIndex(Exception):
@@ -48,7 +59,7 @@ def parallel_capable(index: FrameIndex | None) -> bool:
     return any(name in EXACT_SEEK_FORMATS for name in index.container_format.split(","))
 
 
-def read_parallel(reader: "PyAVReader", index: FrameIndex, wanted: list[int], sink: "FrameSink",
+def read_parallel(reader: SegmentReader, index: FrameIndex, wanted: list[int], sink: FrameSink,
                   should_stop: Callable[[], bool]) -> None:
     """Decode ``wanted`` (sorted, unique) into ``sink`` with up to the thread budget's workers."""
     granted = BUDGET.acquire(video_threads())
@@ -161,7 +172,7 @@ def _decode_segment(reader, index: FrameIndex, container, stream, segment: Segme
             if idx > wanted[pos]:
                 raise InexactIndex(f"frame {wanted[pos]} was not decoded (frame {idx} came instead)")
             if convert is None:
-                convert = reader._converter(frame, sink)
+                convert = reader.converter(frame, sink)
             sink.put(idx, convert(frame))
             pos += 1
             if pos == len(wanted):
