@@ -22,8 +22,10 @@ Processes alternate (reference, ours, reference, ours...) so background load hit
 round counts.  Times are the process's CPU seconds with ``--threads`` torch threads (default 1:
 on a shared machine far steadier than wall time), wall seconds are reported too.  Memory: each
 process's peak RSS (VmHWM), split into the peak while importing + loading and the peak while
-running (VmHWM reset after loading), and that minus the RSS once loaded (what running costs on
-top of holding the weights).
+running (VmHWM reset after loading), and that minus the RSS once loaded.  vlmodel's weights stay
+memory-mapped from the safetensors files (file-backed pages, resident once first used), so its
+"run peak - loaded" includes the weights being paged in; the growth of anonymous memory (RssAnon)
+over the runs is what running itself allocates.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def run_worker(args) -> None:
 
         def decode():
             return model.generate(ids, pixel_values=pv, max_new_tokens=args.new_tokens, stop_token_ids=[])[0]
-    load_peak, loaded = status_mb("VmHWM"), status_mb("VmRSS")
+    load_peak, loaded, loaded_anon = status_mb("VmHWM"), status_mb("VmRSS"), status_mb("RssAnon")
     reset_peak()
     fwd, dec = [], []
     with torch.inference_mode():
@@ -174,7 +176,8 @@ def run_worker(args) -> None:
         "generate_cpu_s": best_d[0], "generate_wall_s": best_d[1], "decode_cpu_s_per_token": max(min(per_token), 1e-9),
         "median_forward_cpu_s": statistics.median(f[0] for f in fwd), "prompt_tokens": ids.shape[1],
         "peak_rss_mb": max(load_peak, status_mb("VmHWM")), "load_peak_rss_mb": load_peak, "loaded_rss_mb": loaded,
-        "run_peak_rss_mb": status_mb("VmHWM"), "tokens": [int(t) for t in tokens],
+        "run_peak_rss_mb": status_mb("VmHWM"), "run_anon_growth_mb": status_mb("RssAnon") - loaded_anon,
+        "tokens": [int(t) for t in tokens],
         "last_logits_max": float(logits[0, -1].abs().max()),
     }))
 
@@ -221,6 +224,7 @@ def main() -> None:
         print(f"{label:24}{ref[key]:12.4f}{ours[key]:12.4f}{ref[key] / ours[key]:9.2f}x")
     extra = {lib: r["run_peak_rss_mb"] - r["loaded_rss_mb"] for lib, r in best.items()}
     print(f"{'run peak - loaded (MB)':24}{extra['reference']:12.1f}{extra['ours']:12.1f}")
+    print(f"{'anonymous RSS added (MB)':24}{ref['run_anon_growth_mb']:12.1f}{ours['run_anon_growth_mb']:12.1f}")
     print(json.dumps({"size": args.size, "threads": args.threads, "reference": ref, "ours": ours}))
 
 
