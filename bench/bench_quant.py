@@ -14,8 +14,10 @@ is its own:
   torch's CPU int4 kernel at full speed; its float32 path is exact but slower).
 
 Reported: resident bytes of all weights and of the decoder linears (packed buffers count),
-peak RSS, prefill tokens/s (best of ``--runs``), decode tokens/s (``--new`` tokens after the
-prompt, best of ``--runs``), and ratios against fp32.  transformers has no CPU path for
+peak RSS (and the peak minus the RSS after the imports, before loading), prefill tokens/s (best of ``--runs``), decode tokens/s (``--new`` tokens after the
+prompt, best of ``--runs``), and ratios against fp32.  ``--clock cpu`` (with ``--threads 1``)
+times the process's CPU seconds instead of wall-clock: on a machine shared with other jobs
+that is far less noisy, since time spent descheduled is not counted.  transformers has no CPU path for
 GPTQ/AWQ checkpoints (its integrations need GPTQModel/AutoAWQ kernels), so it is not in
 this table.
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,16 +47,26 @@ def build(workdir: str, fmt: str, group: int) -> None:
     from _tiny_checkpoints import hf_model, save_hub_layout
 
     save_hub_layout(hf_model("qwen2_vl", seed=0, size="base", init=0.02), os.path.join(workdir, "src"))
-    refs = write_quantized(os.path.join(workdir, "src"), os.path.join(workdir, "quant"), fmt, bits=4, group=group)
+    refs = write_quantized(os.path.join(workdir, "src"), os.path.join(workdir, "quant"), fmt, bits=4, group=group,
+                           reference=False)
     write_dequantized(os.path.join(workdir, "quant"), refs, os.path.join(workdir, "float"))
 
 
-def child(workdir: str, variant: str, runs: int, new: int) -> dict:
+def status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status: VmRSS now, VmHWM its peak
+    (unlike ru_maxrss, VmHWM restarts at exec, so a child does not inherit its parent's)."""
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def child(workdir: str, variant: str, runs: int, new: int, clock=time.perf_counter) -> dict:
     import vlmodel
     from _tiny_checkpoints import images, prompt
     from vlmodel.quant import quantized_layers
 
     kind, dtype = VARIANTS[variant]
+    imported = status_mb("VmRSS")  # torch, vlmodel and the test helpers, before any weights
     model = vlmodel.from_pretrained(os.path.join(workdir, kind), dtype=dtype)
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
     weights = sum(t.nbytes for t in tensors.values())
@@ -68,17 +79,17 @@ def child(workdir: str, variant: str, runs: int, new: int) -> dict:
     prefill, decode = [], []
     with torch.no_grad():
         for _ in range(runs):
-            t = time.perf_counter()
+            t = clock()
             model(ids, pixel_values=pv, image_grid_thw=grid, logits_to_keep=1)
-            prefill.append(ids.shape[1] / (time.perf_counter() - t))
-            t = time.perf_counter()
+            prefill.append(ids.shape[1] / (clock() - t))
+            t = clock()
             model.generate(text, max_new_tokens=1, stop_token_ids=[])
-            one = time.perf_counter() - t
-            t = time.perf_counter()
+            one = clock() - t
+            t = clock()
             model.generate(text, max_new_tokens=new + 1, stop_token_ids=[])
-            decode.append(new / max(time.perf_counter() - t - one, 1e-9))
+            decode.append(new / max(clock() - t - one, 1e-9))
     return {"variant": variant, "weights_mb": weights / 2**20, "decoder_linears_mb": linear_bytes / 2**20,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": status_mb("VmHWM"), "peak_over_import_mb": status_mb("VmHWM") - imported,
             "prefill_tok_s": max(prefill), "decode_tok_s": max(decode), "prompt_tokens": ids.shape[1]}
 
 
@@ -88,26 +99,33 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new", type=int, default=32, help="decoded tokens per run")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--child", nargs=2, metavar=("WORKDIR", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.runs, args.new)))
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        print(json.dumps(child(args.child[0], args.child[1], args.runs, args.new, clock)))
         return
     with tempfile.TemporaryDirectory() as workdir:
         build(workdir, args.format, args.group)
         rows = []
         for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--child", workdir, variant, "--runs", str(args.runs),
-                                  "--new", str(args.new)], capture_output=True, text=True, check=True)
+                                  "--new", str(args.new), "--threads", str(args.threads), "--clock", args.clock],
+                                 capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
     print(f"format {args.format}, 4 bits, group {args.group}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, prompt {base['prompt_tokens']} tokens, {args.new} decoded")
-    print(f"{'variant':8} {'weights MB':>10} {'dec.lin MB':>10} {'peak RSS':>9} {'prefill t/s':>11} "
+          f"{torch.get_num_threads()} threads, {args.clock} clock, prompt {base['prompt_tokens']} tokens, {args.new} decoded")
+    print(f"{'variant':8} {'weights MB':>10} {'dec.lin MB':>10} {'peak RSS':>9} {'peak-imp':>9} {'prefill t/s':>11} "
           f"{'decode t/s':>10} {'decode x fp32':>13} {'dec.lin x bf16':>14}")
     bf16 = rows[1]
     for r in rows:
         print(f"{r['variant']:8} {r['weights_mb']:10.1f} {r['decoder_linears_mb']:10.1f} {r['peak_rss_mb']:9.0f} "
+              f"{r['peak_over_import_mb']:9.0f} "
               f"{r['prefill_tok_s']:11.1f} {r['decode_tok_s']:10.1f} {r['decode_tok_s'] / base['decode_tok_s']:13.2f} "
               f"{r['decoder_linears_mb'] / bf16['decoder_linears_mb']:14.3f}")
     print(json.dumps(rows))

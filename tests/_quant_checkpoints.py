@@ -188,11 +188,13 @@ def ct_config(bits: int, strategy: str, group: int | None, symmetric: bool, igno
 def write_quantized(float_dir: str | Path, out_dir: str | Path, fmt: str, *, bits: int = 4, group: int = 32,
                     act_order: bool = False, sym: bool = False, v1: bool = True, strategy: str = "group",
                     layers: tuple[str, ...] = TEXT_LINEARS, ignore_spelling: str = "file", seed: int = 0,
-                    float_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+                    float_dtype: torch.dtype = torch.float16, reference: bool = True) -> dict[str, torch.Tensor]:
     """Turn a float hub-layout checkpoint into a quantized one; return the reference (out, in)
     weights of the quantized layers (by checkpoint name, float32), from each format's own code.
 
     Float tensors are stored in ``float_dtype`` (the released checkpoints use float16).
+    ``reference=False`` (benchmarks) skips the reference code and returns the weights the
+    codes define.
     """
     float_dir, out_dir = Path(float_dir), Path(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -209,16 +211,21 @@ def write_quantized(float_dir: str | Path, out_dir: str | Path, fmt: str, *, bit
             # v1 stores zero - 1, so its zero points span 1 .. 2**bits; v2's span 0 .. 2**bits - 1, and
             # the v2 case keeps to 1 .. 2**bits - 1, which AutoGPTQ (v1 only) can read as a reference
             t = gptq_tensors(q, v1=v1)
-            refs[name] = gptq_reference(gptq_tensors(q, v1=True), bits, q.group)  # AutoGPTQ reads v1 only
+            if reference:
+                refs[name] = gptq_reference(gptq_tensors(q, v1=True), bits, q.group)  # AutoGPTQ reads v1 only
         elif fmt == "awq":
             q = random_quantized(out, inp, 4, group, seed=seed * 1000 + k)
             t = awq_tensors(q)
-            refs[name] = awq_reference(t, q.group)
+            if reference:
+                refs[name] = awq_reference(t, q.group)
         else:
             q = random_quantized(out, inp, bits, -1 if strategy == "channel" else group, sym=sym,
                                  seed=seed * 1000 + k)
             t = ct_tensors(q, symmetric=sym)
-            refs[name] = ct_reference(t, ct_scheme(bits, strategy, group, sym))
+            if reference:
+                refs[name] = ct_reference(t, ct_scheme(bits, strategy, group, sym))
+        if not reference:
+            refs[name] = q.weight()
         assert torch.equal(refs[name], q.weight()), f"{fmt} reference disagrees with the definition on {name}"
         state.update({f"{name}.{s}": v for s, v in t.items()})
     if fmt == "gptq":

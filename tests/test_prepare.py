@@ -86,7 +86,8 @@ def test_items_bit_identical_to_build_sample_on_raw_records(mixture):
     for source, index, line, path in _raw_records(spec_path):
         if (source.name, index) not in rejected:
             expected_keys.append((source.name, index, line, path, source))
-    assert [(s, i) for s, i, *_ in expected_keys] == list(zip(dataset.sources, dataset.indices))
+    names = [dataset.source_names[s] for s in dataset.sources]
+    assert [(s, i) for s, i, *_ in expected_keys] == list(zip(names, dataset.indices))
     for position, (name, index, line, path, source) in enumerate(expected_keys):
         item = dataset[position]
         want = build_sample(parse_record(line, source, path), tokenizer, "qwen2_5_vl", max_length=2048, truncation="drop")
@@ -163,7 +164,8 @@ def test_dataloader_workers(mixture, context="fork"):
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=_first,
                                          multiprocessing_context=context)
     items = list(loader)
-    assert [(i["source"], i["index"]) for i in items] == list(zip(dataset.sources, dataset.indices))
+    names = [dataset.source_names[s] for s in dataset.sources]
+    assert [(i["source"], i["index"]) for i in items] == list(zip(names, dataset.indices))
     for position in (0, 7, 17):
         direct = dataset[position]
         for key, value in direct.items():
@@ -183,6 +185,18 @@ def test_prepared_dataset_packs_with_train(mixture):
     assert sorted(i for b in bins for i in b) == list(range(len(dataset)))
     batch = collate([dataset[i] for i in bins[0]])
     assert batch["input_ids"].shape[1] == sum(dataset.sizes[i][0] for i in bins[0])
+    # the manifest's per-source weights drive the sampler's mixture: round(w * n) samples per source
+    spec_weights = {s["name"]: s.get("weight", 1.0) for s in dataset.manifest["spec"]["sources"]}
+    assert dataset.source_weights == [spec_weights[name] for name in dataset.source_names]
+    assert 0.5 in dataset.source_weights
+    sampler = train.BudgetBatchSampler(dataset.sizes, 2048, 8192, sources=dataset.sources,
+                                       weights=dataset.source_weights, shuffle=True, world_size=2, rank=1)
+    used = [dataset.sources[i] for b in sampler for i in b]
+    other = train.BudgetBatchSampler(dataset.sizes, 2048, 8192, sources=dataset.sources,
+                                     weights=dataset.source_weights, shuffle=True, world_size=2, rank=0)
+    used += [dataset.sources[i] for b in other for i in b]
+    for number, weight in enumerate(dataset.source_weights):
+        assert used.count(number) == round(weight * int((dataset.sources == number).sum()))
 
 
 def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
@@ -269,7 +283,8 @@ def test_single_jsonl_spec_detects_each_records_format(mixture, tmp_path):
     manifest = prepare(str(data), str(tmp_path / "out"), str(tokenizer), model_type="qwen2_vl", workers=1)
     assert manifest["counts"]["samples"] == 3 and manifest["counts"]["rejected"] == 0
     dataset = PreparedDataset(str(tmp_path / "out"))
-    assert dataset.sources == ["single"] * 3 and dataset.indices == [0, 1, 2]
+    assert dataset.source_names == ["single"] and dataset.sources.tolist() == [0, 0, 0]
+    assert dataset.indices == [0, 1, 2]
     assert all(item["image_grid_thw"].shape == (1, 3) for item in (dataset[0], dataset[1], dataset[2]))
 
 

@@ -105,5 +105,7 @@ def test_dataset_from_a_list_and_padded_collate():
     batch = collate(samples, packed=False, pad_to_multiple_of=8)
     assert batch["input_ids"].shape[1] % 8 == 0
     assert batch["attention_mask"].sum().item() == sum(s["num_tokens"] for s in samples)
-    assert ds.sizes() == [(s["num_tokens"], s["num_patches"]) for s in samples]
-    assert ds.sizes(num_workers=2) == ds.sizes()
+    assert ds.sizes == [(s["num_tokens"], s["num_patches"]) for s in samples]
+    assert ds.compute_sizes(num_workers=2) == ds.sizes
+    with pytest.warns(DeprecationWarning, match="property"):  # the old method spelling still works
+        assert ds.sizes() == list(ds.sizes)

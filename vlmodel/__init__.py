@@ -15,7 +15,8 @@ Read in this order:
    packed rows, the loss);
 6. ``weights``, ``loading``: checkpoint names per family, then files into the model;
 7. ``generate``: prefill + cached decoding;
-8. ``qwen_vl_vision``, ``qwen_vl``: the first generation (Qwen-VL / Qwen-VL-Chat), whose ViT +
+8. ``quant``: GPTQ / AWQ / compressed-tensors checkpoints, their linear layers kept packed;
+9. ``qwen_vl_vision``, ``qwen_vl``: the first generation (Qwen-VL / Qwen-VL-Chat), whose ViT +
    Resampler and ``<img>`` spans differ from the rest; its decoder is the same ``TextModel``.
 
 Loads original Hugging Face checkpoints and reproduces transformers' logits; no

@@ -37,6 +37,9 @@ class Output:
 class VLModel(nn.Module):
     """Every family; what differs is in ``config`` (see ``vlmodel.config``)."""
 
+    # transformers' Trainer passes num_items_in_batch (the global label count) to a forward that accepts it
+    accepts_loss_kwargs = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -119,12 +122,24 @@ class VLModel(nn.Module):
         rope_deltas: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         cu_seqlens: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        touch_vision: bool = False,
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> Output:
         """Logits for ``input_ids`` (B, L); the mean next-token loss when ``labels`` are given.
+
+        ``num_items_in_batch`` (as in transformers' models): the loss is the *sum* of this call's
+        token losses divided by that number, e.g. the count of label tokens of the whole global
+        batch (every micro-batch on every rank), so that gradient accumulation and data
+        parallelism give the gradient of one big batch's mean. Without it: this call's mean.
+
+        ``touch_vision``: when the batch has no images and no videos, run the vision tower on one
+        dummy image and add 0 x its output to the loss, so that every vision parameter still gets
+        a (zero) gradient. DistributedDataParallel without ``find_unused_parameters`` needs this
+        when one rank's batch is text-only; the loss and the gradients are unchanged.
 
         Positions: ``position_ids`` (3, B, L) or (B, L) if given; otherwise, after a
         cached prefix, ``cache.length + i + rope_deltas``; otherwise from ``vlutils.rope``.
@@ -179,13 +194,27 @@ class VLModel(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens)
+        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens, num_items_in_batch)
+        if loss is not None and touch_vision and pixel_values is None and pixel_values_videos is None:
+            loss = loss + self.vision_zero_loss()
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
         """The forward arguments for one step (what peft's ``PeftModelForCausalLM`` looks up);
         vlmodel's own :meth:`generate` does not go through it."""
         return {"input_ids": input_ids, **kwargs}
+
+    def vision_zero_loss(self) -> torch.Tensor:
+        """0 x the vision tower's output on one smallest dummy image (merge x merge patches of
+        zeros): a scalar 0 whose backward reaches every vision parameter (with a zero gradient)."""
+        cfg = self.config.vision
+        merge = cfg.spatial_merge_size
+        weight = self.visual.patch_embed.proj.weight
+        pixels = torch.zeros(merge * merge, cfg.patch_dim, dtype=weight.dtype, device=weight.device)
+        grid = torch.tensor([[1, merge, merge]], device=weight.device)
+        features, deepstack = self.visual(pixels, grid)
+        total = features.float().sum() + sum((d.float().sum() for d in deepstack or []), torch.zeros((), device=weight.device))
+        return total * 0.0
 
     def new_cache(self, batch: int, max_len: int) -> Cache:
         """A decoding cache for ``batch`` rows of up to ``max_len`` tokens (one state per layer)."""
@@ -196,8 +225,14 @@ class VLModel(nn.Module):
         return generate(self, input_ids, **kwargs)
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean float32 cross-entropy of token i predicting label i + 1 (-100 ignored).
+def next_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean float32 cross-entropy of token i predicting label i + 1 (-100 ignored), or the sum
+    divided by ``num_items_in_batch`` when it is given; 0 when no token has a label.
 
     In a packed row a sample's last token has no target (not the next sample's first).
     """
@@ -205,7 +240,19 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torc
     if cu_seqlens is not None:
         targets = targets.clone()
         targets[:, cu_seqlens[1:].to(logits.device) - 1] = -100
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    if num_items_in_batch is None:
+        if not bool((targets != -100).any()):  # no label (a filler batch): 0, not 0/0, keeping the graph
+            return logits.float().sum() * 0.0
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, torch.Tensor)):
+        raise TypeError(f"num_items_in_batch must be an int or a tensor, got {type(num_items_in_batch).__name__}")
+    if isinstance(num_items_in_batch, torch.Tensor):
+        # a global count of 0 means no label anywhere: every sum is 0 too, so return 0, not 0/0
+        num_items_in_batch = num_items_in_batch.to(logits.device).clamp(min=1)
+    elif num_items_in_batch < 1:
+        raise ValueError(f"num_items_in_batch must be >= 1 (the label tokens of the global batch), got {num_items_in_batch}")
+    total = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return total / num_items_in_batch
 
 
 Qwen2VL = VLModel  # the name of the first version

@@ -74,9 +74,10 @@ def install(model: nn.Module, tensors: dict[str, torch.Tensor], fmt: Format, *,
             raise ConfigError(f"{shown}.{fmt.marker}: {shown} is a {type(module).__name__}, not a linear layer")
         parts = {s: tensors.pop(f"{layer}.{s}") for s in fmt.suffixes if f"{layer}.{s}" in tensors}
         if "bias" in parts and module.bias is None:
-            # the AutoGPTQ of 2023 gave every packed layer a bias (Qwen-VL-Chat-Int4 stores one for
-            # w1 / w2 / c_proj although the float model has none) and its QuantLinear adds it: so do we
-            log.debug("%s.bias: stored for a layer the config gives no bias; it is added", shown)
+            if bool(parts["bias"].any()):
+                raise ConfigError(f"{shown}.bias: the config gives this layer no bias, but the checkpoint has "
+                                  "a nonzero one")
+            del parts["bias"]  # some exporters write zero biases for every quantized layer
         unpacked = fmt.unpack(shown, parts, module.out_features, module.in_features)
         if module.bias is not None and unpacked.bias is None:
             raise ConfigError(f"{shown}.bias: missing from the checkpoint")

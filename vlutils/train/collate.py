@@ -52,15 +52,19 @@ VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_g
 class Batch(dict):
     """The batch dict; ``skipped`` lists the samples a skip-mode dataset left out of it
     (:class:`vlutils.train.Skipped` records) and ``dropped`` counts those ``truncation="drop"``
-    removed. It is empty when every sample of the batch was left out."""
+    removed. ``filler`` is True when every sample was left out and the batch is the one-token
+    stand-in described in :func:`collate` (it trains nothing: no label)."""
 
     skipped: list
     dropped: int
+    filler: bool
 
-    def __init__(self, *args: Any, skipped: list | None = None, dropped: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, skipped: list | None = None, dropped: int = 0, filler: bool = False,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.skipped = list(skipped or [])
         self.dropped = dropped
+        self.filler = filler
 
 
 def collate(
@@ -73,7 +77,12 @@ def collate(
     """One batch from samples of ``build_sample`` (see the module doc for both layouts).
 
     Samples that are None (dropped by ``truncation="drop"``) or ``Skipped`` records (skip mode of
-    :class:`~vlutils.train.ConversationDataset`) are left out and listed on the batch.
+    :class:`~vlutils.train.ConversationDataset`) are left out and listed on the batch. When *every*
+    sample was left out, the batch is a filler (``batch.filler`` is True): one row of one
+    ``pad_token_id`` token, labeled -100, no vision. The training step still runs on it, so in
+    data-parallel training this rank still joins the gradient all-reduce and the ranks stay in
+    step; it adds nothing to the gradient or to the label-token count (with vlmodel the loss of a
+    batch without labels is 0, and ``touch_vision=True`` keeps the vision tower in the graph).
 
     ``pad_to_multiple_of`` rounds the row length up: packed rows get one extra segment of
     padding (its own ``cu_seqlens`` entry, labels -100, positions from 0) so it attends only to
@@ -83,23 +92,45 @@ def collate(
     skipped = [s for s in samples if s is not None and not isinstance(s, dict)]
     dropped = sum(1 for s in samples if s is None)
     samples = [s for s in samples if isinstance(s, dict)]
-    if not samples:
-        if skipped or dropped:
-            return Batch(skipped=skipped, dropped=dropped)
+    for thing in skipped:
+        if not hasattr(thing, "reason"):
+            raise InvalidOptionError(f"collate takes build_sample dicts, got {type(thing).__name__}")
+    if not samples and not (skipped or dropped):
         raise InvalidOptionError("collate needs at least one sample")
     if pad_to_multiple_of is not None and (isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int)
                                            or pad_to_multiple_of < 1):
         raise InvalidOptionError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
     for i, sample in enumerate(samples):
-        if "input_ids" not in sample or "labels" not in sample:
-            raise InvalidOptionError(f"sample {i} is not a build_sample dict (keys {sorted(sample)})")
-    for i, thing in enumerate(skipped):
-        if not hasattr(thing, "reason"):
-            raise InvalidOptionError(f"collate takes build_sample dicts, got {type(thing).__name__}")
+        _check_keys(i, sample)
     layout = _packed if packed else _padded
+    if not samples:  # every sample was skipped or dropped: a filler keeps this rank in step
+        filler = [{"input_ids": torch.full((1,), pad_token_id, dtype=torch.long),
+                   "labels": torch.full((1,), IGNORE_INDEX, dtype=torch.long),
+                   "position_ids": torch.zeros((3, 1), dtype=torch.long)}]
+        return Batch(layout(filler, pad_to_multiple_of, pad_token_id), skipped=skipped, dropped=dropped, filler=True)
     batch = Batch(layout(samples, pad_to_multiple_of, pad_token_id), skipped=skipped, dropped=dropped)
     batch.update(_vision(samples))
     return batch
+
+
+REQUIRED_KEYS = ("input_ids", "labels", "position_ids")
+# vision keys that come in pairs: a sample holding one without the other was cut by someone
+_PAIRS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
+
+
+def _check_keys(i: int, sample: dict) -> None:
+    """Name what is missing, and the usual culprit (a trainer dropping "unused" columns)."""
+    missing = [key for key in REQUIRED_KEYS if key not in sample]
+    missing += [a if b in sample else b for a, b in _PAIRS if (a in sample) != (b in sample)]
+    if not missing:
+        return
+    hint = ""
+    if "input_ids" in sample:
+        hint = (" (was it stripped on the way? transformers' Trainer and TRL's SFTTrainer drop the columns "
+                "the model's forward does not name unless remove_unused_columns=False; "
+                "see docs/distributed-training.md)")
+    raise InvalidOptionError(f"sample {i} is missing {', '.join(repr(k) for k in missing)}: collate takes "
+                             f"build_sample dicts (this one has {sorted(sample)}){hint}")
 
 
 def _round_up(n: int, multiple: int | None) -> int:

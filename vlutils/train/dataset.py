@@ -1,12 +1,12 @@
 """A ``torch.utils.data.Dataset`` of conversations that builds training samples in workers.
 
     ds = ConversationDataset("train.jsonl", tokenizer, "qwen2_5_vl", max_length=8192, truncation="shrink")
-    sampler = BudgetBatchSampler(ds.sizes(), max_tokens=16384, max_patches=65536)
+    sampler = BudgetBatchSampler(ds.sizes, max_tokens=16384, max_patches=65536)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2)
 
 Records: one conversation per JSONL line (or per list element), either a list of messages or
 an object ``{"messages": [...], "id": ..., "num_tokens": ..., "num_patches": ...}``; the
-optional sizes let :meth:`sizes` skip building every sample up front. The dataset holds only
+optional sizes let :attr:`sizes` skip building every sample up front. The dataset holds only
 the file path and line offsets, so it pickles cheaply to ``spawn`` workers.
 
 Errors: by default a bad sample raises its typed error (a ``ValueError`` naming the
@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InvalidMessageError, InvalidOptionError
 from .sample import build_sample
+from .sizes import SizeTable
 
 __all__ = ["ConversationDataset", "Skipped", "read_skip_log"]
 
@@ -66,6 +67,7 @@ class ConversationDataset(Dataset):
         self.max_length, self.truncation, self.on_error = max_length, truncation, on_error
         self.skip_log = None if skip_log is None else str(skip_log)
         self.skipped: list[Skipped] = []
+        self._sizes: SizeTable | None = None
         if isinstance(source, (str, os.PathLike)):
             self.path: str | None = str(source)
             self.records: list | None = None
@@ -101,10 +103,18 @@ class ConversationDataset(Dataset):
                 raise
             return self._skip(index, record, exc)
 
-    def sizes(self, num_workers: int = 0) -> list[tuple[int, int] | None]:
-        """``(num_tokens, num_patches)`` per index: from the records when they carry both,
-        else by building the sample (in ``num_workers`` DataLoader workers when > 0); None for
-        a dropped or skipped sample (skips are recorded as in ``__getitem__``)."""
+    @property
+    def sizes(self) -> SizeTable:
+        """``(num_tokens, num_patches)`` per index (a :class:`SizeTable`; ``sizes[i]`` is None for a
+        dropped or skipped sample), computed once by :meth:`compute_sizes` in this process."""
+        if self._sizes is None:
+            self.compute_sizes()
+        return self._sizes
+
+    def compute_sizes(self, num_workers: int = 0) -> SizeTable:
+        """Compute :attr:`sizes`: from the records when they carry both sizes, else by building
+        the sample (in ``num_workers`` DataLoader workers when > 0); skips are recorded as in
+        ``__getitem__``."""
         out: list[tuple[int, int] | None] = [None] * len(self)
         todo = []
         for index in range(len(self)):
@@ -126,7 +136,8 @@ class ConversationDataset(Dataset):
                     self.skipped.append(result)  # recorded in a worker: keep it here too
                 continue
             out[index] = result
-        return out
+        self._sizes = SizeTable.from_list(out)
+        return self._sizes
 
     def _name(self, index: int, sample_id: Any) -> str:
         where = f"{self.path}:{index + 1}" if self.path is not None else f"#{index}"
