@@ -48,3 +48,15 @@ def test_nothing_to_draw_and_bad_answers():
     assert grounding.qwen_vl_boxes("<box>(1,2),(3)</box><box>(1,2),(3,4)</box>") == [{"box": (1, 2, 3, 4), "label": None}]
     with pytest.raises(InvalidMessageError, match="unclosed <ref>"):
         grounding.qwen_vl_boxes("<ref>dog<box>(1,2),(3,4)</box>")
+
+
+def test_box_items_from_pixels_go_through_to_model():
+    from vlutils.chat_qwen_vl import conversation_turns
+
+    pixels = [[100, 50, 300, 150], [0, 0, 999.6, 500]]
+    item = grounding.box_item(pixels, (1000, 500), ref="dog")
+    model = grounding.to_model([{"box": b} for b in pixels], "qwen_vl", image_size=(1000, 500))
+    assert item == {"type": "box", "box": [list(o["box"]) for o in model], "ref": "dog"}
+    assert item["box"] == [[100, 100, 300, 300], [0, 0, 999, 999]]
+    text = conversation_turns([{"role": "user", "content": [item]}]).turns[0][1]
+    assert text == "<ref>dog</ref><box>(100,100),(300,300)</box><box>(0,0),(999,999)</box>"

@@ -97,6 +97,15 @@ def test_pil_images_and_pre_fetched_images(monkeypatch):
     again = build_inputs(messages, tok, model_type="qwen_vl", image_size=28, images=[pil])
     assert torch.equal(out["pixel_values"], again["pixel_values"])
     assert torch.equal(out["pixel_values"][0], qwen_vl_transform(pil, 28))
+    import base64
+
+    data = base64.b64encode((IMAGES / "rgba_0.png").read_bytes()).decode()
+    for source in (f"data:image/png;base64,{data}", data):  # a data URI and a bare base64 string
+        inline = build_inputs([{"role": "user", "content": [{"type": "image", "image": source}]}], tok,
+                              model_type="qwen_vl", image_size=28)
+        assert tok.image_references(inline["input_ids"][0]) == [""]  # longer than 256 bytes
+        with Image.open(IMAGES / "rgba_0.png") as image:
+            assert torch.equal(inline["pixel_values"][0], qwen_vl_transform(image, 28))
 
 
 def test_build_inputs_errors_are_typed(tmp_path):
@@ -187,7 +196,8 @@ def test_prepare_stores_qwen_vl_samples_that_read_back_bit_identical(tmp_path):
     import json
     import shutil
 
-    from vlutils.data import PreparedDataset, prepare
+    from vlutils.data import PreparedDataset
+    from vlutils.data.prepare import prepare  # the package's lazy `prepare` is the submodule once imported
 
     pytest.importorskip("pyarrow")
     for name in ("rgb_0.png", "rgba_1.png"):

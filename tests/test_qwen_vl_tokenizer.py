@@ -216,16 +216,3 @@ def test_round_trip_and_image_span_properties(text, reference):
     start = ids.index(tok.img_start_id)
     assert ids[start + 257] == tok.img_end_id
     assert tok.image_references(ids) == [unicodedata.normalize("NFC", reference)]
-
-
-def test_box_items_in_pixels_go_through_grounding():
-    from vlutils import grounding
-
-    pixels = [[100, 50, 300, 150], [0, 0, 999.6, 500]]
-    item = {"type": "box", "ref": "dog", "box": pixels, "image_size": [1000, 500]}
-    text = conversation_turns([{"role": "user", "content": [item]}]).turns[0][1]
-    model = grounding.to_model([{"box": b} for b in pixels], "qwen_vl", image_size=(1000, 500))
-    assert [list(o["box"]) for o in model] == [[100, 100, 300, 300], [0, 0, 999, 999]]
-    assert text == "<ref>dog</ref><box>(100,100),(300,300)</box><box>(0,0),(999,999)</box>"
-    with pytest.raises(InvalidMessageError, match="message 0, item 0"):
-        conversation_turns([{"role": "user", "content": [{**item, "image_size": [0, 5]}]}])

@@ -13,9 +13,8 @@ Three builders, each equal to its original:
 
 :func:`conversation_turns` turns vlutils messages (``{"role", "content"}`` with content items
 ``{"type": "image", "image": ...}``, ``{"type": "text", ...}``, ``{"type": "box", "box": [...],
-"ref": ...}``; with ``"image_size": [W, H]`` a box is in that image's pixels and goes to the
-model's grid through :func:`vlutils.grounding.to_model`) into the original's ``system``,
-``history`` and ``query`` strings.
+"ref": ...}`` on the model's 0-1000 grid; :func:`vlutils.grounding.qwen_vl.box_item` makes one
+from pixel boxes) into the original's ``system``, ``history`` and ``query`` strings.
 """
 
 from __future__ import annotations
@@ -209,7 +208,7 @@ def _content_text(content: Any, images: list[dict], where: str, system: bool = F
             _inline_images(item["text"], images, at, system)
             items.append({"text": item["text"]})
         elif kind == "box":
-            items.append(_box_item(item, at))
+            items.append({k: item[k] for k in ("ref", "box") if k in item})
         else:
             raise InvalidMessageError(f"unsupported content item with keys {sorted(item)} "
                                       "(image, text or box items)", position=at)
@@ -217,23 +216,6 @@ def _content_text(content: Any, images: list[dict], where: str, system: bool = F
         return from_list_format(items)
     except InvalidMessageError as exc:
         raise InvalidMessageError(exc.reason, position=f"{where}, {exc.position}") from None
-
-
-def _box_item(item: dict, where: str) -> dict:
-    """A box item for from_list_format. With ``image_size`` (width, height) its boxes are pixels
-    of that image, mapped to Qwen-VL's 0-999 grid by :func:`vlutils.grounding.to_model`."""
-    out = {k: item[k] for k in ("ref", "box") if k in item}
-    if item.get("image_size") is None:
-        return out
-    from .errors import VisionInputError
-    from .grounding import to_model
-
-    try:
-        boxes = to_model([{"box": box} for box in _boxes(item.get("box"), where)], "qwen_vl",
-                         image_size=item["image_size"])
-    except VisionInputError as exc:
-        raise InvalidMessageError(exc.reason, position=where) from None
-    return {**out, "box": [obj["box"] for obj in boxes]}
 
 
 def _inline_images(text: Any, images: list[dict], where: str, system: bool) -> None:

@@ -139,25 +139,30 @@ class Family:
         return self.shares_inputs_with or self.model_type
 
     @property
+    def _resizes(self) -> bool:
+        """Whether images are smart-resized within pixel bounds (not a fixed size, as Qwen-VL's)."""
+        return self.vision is not None and self.pipeline == "patches"
+
+    @property
     def min_pixels(self) -> int | None:
         """Default smallest image area (qwen-vl-utils: ``IMAGE_MIN_TOKEN_NUM`` merged tokens)."""
-        return IMAGE_MIN_TOKEN_NUM * self.vision.factor**2 if self.vision else None
+        return IMAGE_MIN_TOKEN_NUM * self.vision.factor**2 if self._resizes else None
 
     @property
     def max_pixels(self) -> int | None:
         """Default largest image area (qwen-vl-utils: ``IMAGE_MAX_TOKEN_NUM`` merged tokens)."""
-        return IMAGE_MAX_TOKEN_NUM * self.vision.factor**2 if self.vision else None
+        return IMAGE_MAX_TOKEN_NUM * self.vision.factor**2 if self._resizes else None
 
     @property
     def video_min_pixels(self) -> int | None:
         """Default smallest area of one video frame (``VIDEO_MIN_TOKEN_NUM`` merged tokens)."""
-        return VIDEO_MIN_TOKEN_NUM * self.vision.factor**2 if self.vision else None
+        return VIDEO_MIN_TOKEN_NUM * self.vision.factor**2 if self._resizes else None
 
     @property
     def video_max_pixels(self) -> int | None:
         """Default largest area of one video frame (``VIDEO_MAX_TOKEN_NUM`` merged tokens; the total
         frame budget lowers it for long videos)."""
-        return VIDEO_MAX_TOKEN_NUM * self.vision.factor**2 if self.vision else None
+        return VIDEO_MAX_TOKEN_NUM * self.vision.factor**2 if self._resizes else None
 
     def describe(self) -> dict[str, Any]:
         """The facts as plain values (for tables and docs)."""

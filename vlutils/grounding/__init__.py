@@ -44,12 +44,12 @@ Command line: ``python -m vlutils.grounding IMAGE --model-type T --answer TEXT -
 from .conventions import CONVENTIONS, MODEL_TYPES, get_convention, quantisation_step, to_image, to_model
 from .drawing import PALETTE, draw, label_color
 from .parsing import parse
-from .qwen_vl import draw_on_latest_picture, latest_picture, pixel_boxes, qwen_vl_boxes
+from .qwen_vl import box_item, draw_on_latest_picture, latest_picture, pixel_boxes, qwen_vl_boxes
 from .sizes import model_input_size, resized_size_from_grid, upright_size
 from .writer import format  # noqa: A004 (the issue names it format)
 
 __all__ = [
     "CONVENTIONS", "MODEL_TYPES", "PALETTE", "draw", "format", "get_convention", "label_color",
     "model_input_size", "parse", "quantisation_step", "resized_size_from_grid", "to_image",
-    "to_model", "upright_size", "draw_on_latest_picture", "latest_picture", "pixel_boxes", "qwen_vl_boxes",
+    "to_model", "upright_size", "box_item", "draw_on_latest_picture", "latest_picture", "pixel_boxes", "qwen_vl_boxes",
 ]

@@ -25,7 +25,7 @@ from PIL import Image
 from ..errors import InvalidMessageError, InvalidOptionError
 from .drawing import draw
 
-__all__ = ["qwen_vl_boxes", "latest_picture", "pixel_boxes", "draw_on_latest_picture"]
+__all__ = ["qwen_vl_boxes", "latest_picture", "pixel_boxes", "draw_on_latest_picture", "box_item"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,19 @@ def pixel_boxes(boxes: Sequence[dict], size: tuple[int, int]) -> list[dict]:
         pixels = (int(x1 / 1000 * width), int(y1 / 1000 * height), int(x2 / 1000 * width), int(y2 / 1000 * height))
         out.append({**obj, "box": pixels})
     return out
+
+
+def box_item(boxes: Sequence[Sequence[float]], image_size: tuple[int, int], ref: str | None = None) -> dict:
+    """A message content item ``{"type": "box", "box": [...], "ref": ref}`` for boxes given in the
+    pixels of an image of ``image_size`` (width, height): mapped to Qwen-VL's 0-999 grid by
+    :func:`vlutils.grounding.to_model` (round, clamp), ready for ``build_inputs`` / ``from_list_format``."""
+    from .conventions import to_model
+
+    grid = to_model([{"box": box} for box in boxes], "qwen_vl", image_size=image_size)
+    item = {"type": "box", "box": [list(obj["box"]) for obj in grid]}
+    if ref is not None:
+        item["ref"] = ref
+    return item
 
 
 def draw_on_latest_picture(
