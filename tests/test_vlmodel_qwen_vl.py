@@ -354,3 +354,25 @@ def test_prompt_ids_equal_vlutils_make_context(case):
     spec = META["cases"][case]
     raw_text, ids = make_context(tokenizer, spec["query"], [tuple(t) for t in spec["history"]], META["system"])
     assert ids == REF[f"{case}.base.input_ids"].tolist() and raw_text == spec["raw_text"]
+
+
+def test_training_options_as_the_other_families(models):
+    """num_items_in_batch (sum / global label count), touch_vision (zero gradients reach the ViT on a
+    text-only batch, loss unchanged) and peft's extra arguments, as VLModel takes them."""
+    model = models["base"]
+    ids = REF["text_only.base.input_ids"][None]
+    model.train()
+    try:
+        mean = model(ids, labels=ids).loss
+        summed = model(ids, labels=ids, num_items_in_batch=1000).loss
+        touched = model(ids, labels=ids, touch_vision=True, return_dict=True, output_attentions=False)
+        touched.loss.backward()
+        grads = [p.grad for p in model.visual.parameters() if p.requires_grad]
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+    assert abs(summed.item() - mean.item() * (ids.shape[1] - 1) / 1000) < 1e-5
+    assert touched.loss.item() == mean.item()
+    assert all(g is not None and not g.any() for g in grads)
+    with pytest.raises(ValueError, match="not inputs_embeds"):
+        model(ids, inputs_embeds=torch.zeros(1, ids.shape[1], 128))

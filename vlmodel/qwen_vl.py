@@ -34,6 +34,9 @@ class ImageSpanError(ValueError):
 class QwenVLModel(nn.Module):
     """The ``qwen_vl`` family: same calling conventions as :class:`vlmodel.model.VLModel`."""
 
+    # transformers' Trainer passes num_items_in_batch (the global label count) to a forward that accepts it
+    accepts_loss_kwargs = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -103,6 +106,12 @@ class QwenVLModel(nn.Module):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         second_per_grid_ts: torch.Tensor | list[float] | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        touch_vision: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> Output:
         """Logits for ``input_ids`` (B, L) with ``pixel_values`` (images, 3, S, S) for its ``<img>`` spans.
 
@@ -110,8 +119,12 @@ class QwenVLModel(nn.Module):
         counted over real tokens only); after a cached prefix, ``cache.length + i +
         rope_deltas`` (0 without padding).  ``labels``, ``cu_seqlens`` (packed rows, each
         sample from position 0) and ``logits_to_keep`` as in :meth:`vlmodel.model.VLModel.forward`.
+        ``num_items_in_batch``, ``touch_vision`` and the peft arguments (``inputs_embeds``...) as there.
         The grid/video arguments exist for the shared generation loop and must stay ``None``.
         """
+        if inputs_embeds is not None or output_attentions or output_hidden_states:
+            raise ValueError("vlmodel takes input_ids (not inputs_embeds) and returns logits only "
+                             "(no attentions or hidden states)")
         if any(x is not None for x in (image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts)):
             raise ValueError("qwen_vl takes images as pixel_values (images, 3, S, S) only: no grids, no videos")
         past = cache.length if cache is not None else 0
@@ -136,8 +149,22 @@ class QwenVLModel(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens)
+        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens, num_items_in_batch)
+        if loss is not None and touch_vision and pixel_values is None:
+            loss = loss + self.vision_zero_loss()
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
+
+    def vision_zero_loss(self) -> torch.Tensor:
+        """0 x the vision tower's output on one dummy one-patch image: a scalar 0 whose backward reaches
+        every vision parameter (DistributedDataParallel on a text-only batch), as VLModel's."""
+        weight = self.visual.conv1.weight
+        side = self.config.vision.patch_size
+        pixels = torch.zeros(1, self.config.vision.in_channels, side, side, dtype=weight.dtype, device=weight.device)
+        return self.visual(pixels).float().sum() * 0.0
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        """The forward arguments for one step (what peft's ``PeftModelForCausalLM`` looks up)."""
+        return {"input_ids": input_ids, **kwargs}
 
     @staticmethod
     def positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past: int,
