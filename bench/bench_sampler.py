@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "sampler.json"))
     args = parser.parse_args()
-    worlds = [int(w) for w in args.worlds.split(",")]
+    worlds = [int(w) for w in args.worlds.split(",") if w]  # --worlds "": planning only
     report = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -149,22 +149,26 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
         def isatty(self):
             return True
 
+    def report(records, rejected, tokens):
+        return {"records": records, "rejected": [{}] * rejected, "stats": {"tokens": tokens}}
+
     terminal = Terminal()
     bar = Progress(4, stream=terminal, interval=0.0)
-    bar.update({"kind": "row", "row": {"num_tokens": 100}})
-    bar.update({"kind": "rejected", "rejected": {}})
+    bar.update(report(2, 1, 100))
     bar.close()
     text = terminal.getvalue()
     assert "\r[" in text and "2/4 records" in text and "1 rejected" in text and "tok/s" in text
     plain = io.StringIO()
     with caplog.at_level(logging.INFO, logger="vlutils.data.progress"):
-        lines = Progress(2, stream=plain, log_every=0.0)
-        lines.update({"kind": "row", "row": {"num_tokens": 5}})
+        lines = Progress(None, stream=plain, log_every=0.0, done=3, rejected=2, tokens=50)  # resumed: 3 reused
+        lines.update(report(1, 0, 5))
+        lines.total = 4  # known once the plan is read
         lines.close()
-    assert plain.getvalue() == "" and any("1/2 records" in r.message for r in caplog.records)
+    assert plain.getvalue() == "" and any("4/4 records" in r.message and "2 rejected" in r.message
+                                          for r in caplog.records)
     quiet = Terminal()
     silent = Progress(1, stream=quiet, quiet=True, interval=0.0)
-    silent.update({"kind": "row", "row": {}})
+    silent.update(report(1, 0, 0))
     silent.close()
     assert quiet.getvalue() == ""
 

@@ -44,12 +44,14 @@ def mixture(tmp_path_factory):
     spec = make_mixture(root, records=6)
     tokenizer = save_tokenizer(root / "tokenizer.json")
     out = root / "out_two_workers"
-    prepare(str(spec), str(out), str(tokenizer), workers=2)
+    prepare(str(spec), str(out), str(tokenizer), workers=2, shard_size=4)
     return root, spec, tokenizer, out
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every output file (reports included) by relative path; the lock file is not output."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "_lock"}
 
 
 def _raw_records(spec_path):
@@ -105,27 +107,32 @@ def test_items_bit_identical_to_build_sample_on_raw_records(mixture):
 
 
 def test_sigkill_then_resume_gives_the_same_bytes_as_two_workers(mixture, tmp_path):
-    """One worker, killed with SIGKILL after its second shard, then rerun: same files, byte for byte."""
+    """One worker, killed with SIGKILL after its second shard, then rerun: same files, byte for
+    byte, and the rerun reuses the finished shards (its log says how many)."""
     _, spec, tokenizer, out = mixture
     target = tmp_path / "out"
     command = [sys.executable, "-m", "vlutils", "prepare", str(spec), "--out", str(target), "--tokenizer",
-               str(tokenizer), "--workers", "1", "--quiet"]
+               str(tokenizer), "--workers", "1", "--shard-size", "4"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    journal = target / "_journal.jsonl"
+    process = subprocess.Popen(command + ["--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reports = target / "_reports"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 2:
+        if reports.exists() and len(list(reports.glob("*.json"))) >= 2:
             break
         time.sleep(0.02)
     assert process.poll() is None, "the job finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert not (target / "manifest.json").exists()
-    with open(journal, "a") as handle:  # as if killed in the middle of appending a line
-        handle.write('{"shard": 99, "fi')
+    finished = sorted(p.stem for p in reports.glob("*.json"))
+    kept = {p.name: p.stat().st_mtime_ns for p in target.glob("part-*.parquet") if p.stem in finished}
+    (target / "part-00005.parquet.tmp-deadbeef").write_bytes(b"half a shard")  # as if killed mid-write
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert f"reusing {len(finished)} completed shard(s)" in done.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in target.glob("part-*.parquet") if p.name in kept} == kept
+    assert "6 rejected" in done.stderr.splitlines()[-2] and "6 rejected" in done.stderr.splitlines()[-1]
     assert _files(target) == _files(out)
 
 
@@ -134,7 +141,7 @@ def test_finished_folder_is_reused_and_other_jobs_refused(mixture):
 
     _, spec, tokenizer, out = mixture
     before = _files(out)
-    assert prepare(str(spec), str(out), str(tokenizer), workers=2)["counts"]["samples"] == 18
+    assert prepare(str(spec), str(out), str(tokenizer), workers=2, shard_size=4)["counts"]["samples"] == 18
     assert _files(out) == before
     with pytest.raises(InvalidSpecError, match="different preparation job"):
         prepare(str(spec), str(out), str(tokenizer), shard_size=3)
@@ -199,10 +206,12 @@ def test_prepared_dataset_packs_with_train(mixture):
         assert used.count(number) == round(weight * int((dataset.sources == number).sum()))
 
 
-def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
-    """--engine ray on a local Ray: one actor SIGKILLs itself mid-job (marker file), Ray restarts it
-    and retries its batch; the folder equals the local engine's byte for byte. Then the shards
-    are read back with ray.data.read_parquet."""
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data")  # ray.data.read_parquet below, not prepare
+def test_ray_engine_with_a_killed_worker_gives_the_same_bytes(mixture, tmp_path, monkeypatch):
+    """--engine ray on a local Ray: one shard task SIGKILLs its worker process mid-job (marker
+    file), Ray retries the task; the folder equals the local engine's byte for byte. Then the
+    shards are read back with ray.data.read_parquet."""
     ray = pytest.importorskip("ray")
     from vlutils.data.engine_ray import KILL_MARKER_ENV
 
@@ -213,8 +222,8 @@ def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     target = tmp_path / "out_ray"
     try:
-        prepare(str(spec), str(target), str(tokenizer), engine="ray")
-        assert not marker.exists(), "no actor was killed"
+        prepare(str(spec), str(target), str(tokenizer), engine="ray", shard_size=4)
+        assert not marker.exists(), "no worker was killed"
         assert _files(target) == _files(out)
         loaded = ray.data.read_parquet(sorted(str(p) for p in target.glob("*.parquet")))
         assert loaded.count() == 18
@@ -223,15 +232,13 @@ def test_ray_engine_with_a_killed_actor_gives_the_same_bytes(mixture, tmp_path, 
         ray.shutdown()
 
 
-def test_actor_resources_leave_room_for_reads():
-    from vlutils.data.engine_ray import actor_resources
+def test_task_slots_use_the_whole_cluster():
+    from vlutils.data.engine_ray import task_slots
 
-    assert actor_resources(2) == (1, 0.5)
-    assert actor_resources(1) == (1, 0.5)
-    size, cpus = actor_resources(16)
-    assert size == 14 and cpus == 1.0
-    size, cpus = actor_resources(4, workers=4)
-    assert size * cpus <= 4 - 1.5
+    assert task_slots(2, 1.0) == 2
+    assert task_slots(16, 2.0) == 8
+    assert task_slots(0.5, 1.0) == 1
+    assert task_slots(16, 1.0, workers=3) == 3
 
 
 def test_shrunk_samples_keep_exact_pixels(mixture):
@@ -335,3 +342,32 @@ def test_qwen3_vl_video_samples_bit_identical(mixture, tmp_path, model_type):
         for key, value in want.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(item[key], value), key
+
+
+def test_a_killed_local_worker_fails_clearly_and_the_rerun_resumes(mixture, tmp_path):
+    """SIGKILL of one worker process of the local engine: the job stops with a clear message (exit
+    3), finished shards stay, and the rerun finishes with the bytes of an uninterrupted run."""
+    import psutil
+
+    _, spec, tokenizer, out = mixture
+    target = tmp_path / "out"
+    command = [sys.executable, "-m", "vlutils", "prepare", str(spec), "--out", str(target), "--tokenizer",
+               str(tokenizer), "--workers", "2", "--shard-size", "4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list((target / "_reports").glob("*.json"))) >= 1:
+            break
+        time.sleep(0.02)
+    workers = psutil.Process(process.pid).children()
+    assert workers and process.poll() is None, "the job finished before a worker could be killed"
+    workers[0].send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the killed worker had no shard left to build")
+    assert process.returncode == 3 and "rerun the same command" in stderr, stderr[-2000:]
+    assert not (target / "manifest.json").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _files(target) == _files(out)

@@ -46,15 +46,16 @@ def check_batches(per_rank, sizes, max_tokens, max_patches):
 sizes_st = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 900)), min_size=0, max_size=120)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=80, deadline=None, derandomize=True)
 @given(sizes=sizes_st, world_size=st.integers(1, 9), max_tokens=st.integers(300, 1200),
        max_patches=st.one_of(st.none(), st.integers(900, 3000)), shuffle=st.booleans(),
-       drop_remainder=st.booleans(), seed=st.integers(0, 2**31), epoch=st.integers(0, 5))
+       drop_remainder=st.booleans(), seed=st.integers(0, 2**31), epoch=st.integers(0, 5),
+       buffer_size=st.sampled_from([None, 1, 7, 64]), min_fill=st.sampled_from([0.0, 0.9, 1.0]))
 def test_every_sample_once_equal_counts_within_budgets(sizes, world_size, max_tokens, max_patches, shuffle,
-                                                       drop_remainder, seed, epoch):
+                                                       drop_remainder, seed, epoch, buffer_size, min_fill):
     array = np.array(sizes, dtype=np.int64).reshape(-1, 2)
     kw = dict(max_tokens=max_tokens, max_patches=max_patches, shuffle=shuffle, seed=seed,
-              drop_remainder=drop_remainder)
+              drop_remainder=drop_remainder, buffer_size=buffer_size, min_fill=min_fill)
     samplers = [BudgetBatchSampler(array, rank=r, world_size=world_size, **kw) for r in range(world_size)]
     per_rank = []
     for s in samplers:
@@ -64,8 +65,8 @@ def test_every_sample_once_equal_counts_within_budgets(sizes, world_size, max_to
     used = sorted(i for batches in per_rank for b in batches for i in b)
     dropped = sorted(samplers[0].plan().dropped.tolist())
     assert sorted(used + dropped) == list(range(len(array)))  # each sample exactly once, or reported dropped
-    if not drop_remainder and len(array) >= world_size * max(len(per_rank[0]), 1):
-        assert not dropped  # splitting keeps every sample unless there are too few
+    if not drop_remainder and dropped:  # splitting keeps every sample unless too few for one more step
+        assert len(array) < world_size * (len(per_rank[0]) + 1)
     assert all(len(s) == len(per_rank[0]) for s in samplers)  # len() agrees with the iteration
 
 
@@ -121,9 +122,9 @@ def test_weights_by_source_name_and_deterministic_order():
         BudgetBatchSampler(sizes, 32768, 65536, sources=names, weights={"audio": 1})
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_rank_balance_8_ranks_realistic_mix(seed):
-    sizes, _ = realistic_mix(seed, 30000)
+@pytest.mark.parametrize("seed,n", [(0, 30000), (1, 30000), (2, 2000), (3, 2000)])  # 2000: only ~15 steps
+def test_rank_balance_8_ranks_realistic_mix(seed, n):
+    sizes, _ = realistic_mix(seed, n)
     per_rank = run_ranks(sizes, 8, max_tokens=32768, max_patches=65536, shuffle=True, seed=seed)
     check_batches(per_rank, sizes, 32768, 65536)
     costs = np.array([[batch_cost(sizes, b) for b in rank] for rank in per_rank])  # ranks x steps

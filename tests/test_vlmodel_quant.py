@@ -79,29 +79,36 @@ def _positions(hf, inp):
     return hf.model.get_rope_index(*args, None)
 
 
-CASES = [  # (id, family, format, options)
-    ("gptq4-g32-sym", "qwen2_vl", "gptq", dict(bits=4, group=32, sym=True)),
-    ("gptq4-g128-actorder-asym", "qwen2_5_vl", "gptq", dict(bits=4, group=128, act_order=True)),
-    ("gptq4-g64-actorder-sym", "qwen2_vl", "gptq", dict(bits=4, group=64, act_order=True, sym=True)),
-    ("gptq4-rowwise-asym", "qwen2_5_vl", "gptq", dict(bits=4, group=-1)),
-    ("gptq8-g32-asym", "qwen2_vl", "gptq", dict(bits=8, group=32)),
-    ("gptq8-g128-actorder-sym", "qwen2_5_vl", "gptq", dict(bits=8, group=128, act_order=True, sym=True)),
-    ("gptq8-rowwise-v2", "qwen2_vl", "gptq", dict(bits=8, group=-1, v1=False)),
-    ("awq-g128", "qwen2_5_vl", "awq", dict(group=128)),
-    ("awq-g64-memory-names", "qwen2_vl", "awq", dict(group=64, ignore_spelling="memory")),
-    ("ct4-group32-sym", "qwen2_vl", "ct", dict(bits=4, group=32, sym=True)),
-    ("ct4-group128-asym", "qwen2_5_vl", "ct", dict(bits=4, group=128, sym=False)),
-    ("ct4-channel-asym", "qwen2_5_vl", "ct", dict(bits=4, strategy="channel", sym=False)),
-    ("ct8-channel-sym-memory-names", "qwen2_vl", "ct", dict(bits=8, strategy="channel", sym=True,
-                                                            ignore_spelling="memory")),
+SLOW = pytest.mark.slow  # the fast selection keeps one case per format and bit width; -m slow runs every option
+
+
+def case(name: str, family: str, fmt: str, options: dict, slow: bool = False):
+    return pytest.param(name, family, fmt, options, id=name, marks=[SLOW] if slow else [])
+
+
+CASES = [
+    case("gptq4-g32-sym", "qwen2_vl", "gptq", dict(bits=4, group=32, sym=True)),
+    case("gptq4-g128-actorder-asym", "qwen2_5_vl", "gptq", dict(bits=4, group=128, act_order=True)),
+    case("gptq4-g64-actorder-sym", "qwen2_vl", "gptq", dict(bits=4, group=64, act_order=True, sym=True), slow=True),
+    case("gptq4-rowwise-asym", "qwen2_5_vl", "gptq", dict(bits=4, group=-1), slow=True),
+    case("gptq8-g32-asym", "qwen2_vl", "gptq", dict(bits=8, group=32)),
+    case("gptq8-g128-actorder-sym", "qwen2_5_vl", "gptq", dict(bits=8, group=128, act_order=True, sym=True),
+         slow=True),
+    case("gptq8-rowwise-v2", "qwen2_vl", "gptq", dict(bits=8, group=-1, v1=False), slow=True),
+    case("awq-g128", "qwen2_5_vl", "awq", dict(group=128)),
+    case("awq-g64-memory-names", "qwen2_vl", "awq", dict(group=64, ignore_spelling="memory"), slow=True),
+    case("ct4-group32-sym", "qwen2_vl", "ct", dict(bits=4, group=32, sym=True), slow=True),
+    case("ct4-group128-asym", "qwen2_5_vl", "ct", dict(bits=4, group=128, sym=False)),
+    case("ct4-channel-asym", "qwen2_5_vl", "ct", dict(bits=4, strategy="channel", sym=False), slow=True),
+    case("ct8-channel-sym-memory-names", "qwen2_vl", "ct",
+         dict(bits=8, strategy="channel", sym=True, ignore_spelling="memory")),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_quantized_matches_dequantized_float_model(case, float_dirs, tmp_path):
+@pytest.mark.parametrize("name, family, fmt, options", CASES)
+def test_quantized_matches_dequantized_float_model(name, family, fmt, options, float_dirs, tmp_path):
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
-    name, family, fmt, options = case
     refs = write_quantized(float_dirs[family], tmp_path / "q", fmt, seed=len(name), **options)
     write_dequantized(tmp_path / "q", refs, tmp_path / "f")
     ours = vlmodel.from_pretrained(tmp_path / "q", dtype=torch.float32)
@@ -301,7 +308,8 @@ def test_lora_trains_saves_reloads_and_merges(gptq_dir, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, options", [("gptq", dict(bits=4, group=32, act_order=True)),
-                                          ("ct", dict(bits=4, group=32, sym=False))], ids=["gptq4", "ct4"])
+                                          pytest.param("ct", dict(bits=4, group=32, sym=False), marks=SLOW)],
+                         ids=["gptq4", "ct4"])
 def test_qwen3_vl_quantized_matches_transformers(fmt, options, tmp_path):
     """Qwen3-VL (transformers 4.57 names: model.language_model.*): same formats, same checks."""
     import transformers

@@ -134,6 +134,15 @@ class InvalidSpecError(ValueError):
     """A dataset spec (JSONL path or mixture config) is unusable; names the file and the field."""
 
 
+class TooManyRejectedError(ValueError):
+    """A preparation job finished (everything written) but rejected more than its allowed share of
+    records; the message summarises why, ``manifest`` holds the counts."""
+
+    def __init__(self, message: str, manifest: dict | None = None):
+        super().__init__(message)
+        self.manifest = manifest
+
+
 class SampleTooLongError(VisionInputError):
     """A training sample has more tokens than ``max_length`` (``length`` and ``max_length`` are kept)."""
 

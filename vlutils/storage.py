@@ -40,7 +40,7 @@ __all__ = [
     "StorageError", "StorageNotFoundError", "OPTION_KEYS", "is_remote", "is_uri", "check_location", "resolve",
     "join", "parent", "basename", "exists", "size", "delete", "makedirs", "list_dir", "read_bytes", "read_text",
     "open_input", "open_input_stream", "iter_lines", "write_atomic", "put_file", "download", "remove_temporaries",
-    "open_local_or_download", "parse_storage_options", "storage_options_from_env",
+    "open_local_or_download", "parse_storage_options", "storage_options_from_env", "use_storage_options",
 ]
 
 OPTION_KEYS = ("endpoint_url", "access_key", "secret_key", "session_token", "region", "connect_timeout",
@@ -173,8 +173,26 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
+_process_options: dict[str, str] = {}
+
+
+def use_storage_options(storage_options: Mapping[str, str] | None) -> None:
+    """Make ``storage_options`` this process's defaults (over the environment, under options passed to a call).
+
+    For workers on other machines: a preparation worker installs its job's options once, so that code which reads
+    ``s3://`` without passing options (``process_vision_info`` fetching a record's media) uses the job's endpoint
+    and credentials, not whatever that machine's environment holds.
+    """
+    for key in storage_options or {}:
+        if key not in OPTION_KEYS:
+            raise StorageError(f"unknown storage option {key!r} (known: {', '.join(OPTION_KEYS)})", "storage_options")
+    _process_options.clear()
+    _process_options.update({k: str(v) for k, v in (storage_options or {}).items() if v is not None})
+
+
 def _effective_options(storage_options: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     options = storage_options_from_env()
+    options.update(_process_options)
     for key, value in (storage_options or {}).items():
         if key not in OPTION_KEYS:
             raise StorageError(f"unknown storage option {key!r} (known: {', '.join(OPTION_KEYS)})", "storage_options")

@@ -13,7 +13,7 @@ Equal, id for id, to the ``QWenTokenizer`` of the Qwen-VL-Chat remote code
   ``b`` -> id ``b``), ``<imgpad>`` up to 256 positions, ``</img>``: 258 ids, whose 256 middle
   positions the model overwrites with the image's 256 Resampler outputs.
 
-The ``tiktoken`` package is an optional dependency (``pip install vlutils[qwen_vl]``).
+The ``tiktoken`` package is an optional dependency (``pip install "qwenvl-kit[qwen_vl]"``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .errors import TokenizerError
 
 __all__ = [
     "PAT_STR", "ENDOFTEXT", "IM_START", "IM_END", "EXTRAS", "SPECIAL_TOKENS", "VL_TAGS", "IMG_TOKEN_SPAN",
-    "QwenTiktokenTokenizer", "read_tiktoken_ranks", "write_tiktoken_ranks",
+    "QwenTiktokenTokenizer", "read_tiktoken_ranks", "parse_tiktoken_ranks", "write_tiktoken_ranks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
             contents = handle.read()
     except OSError as exc:
         raise TokenizerError(f"{path}: cannot read the tiktoken vocabulary ({exc.strerror or exc})") from None
+    return parse_tiktoken_ranks(contents, str(path))
+
+
+def parse_tiktoken_ranks(contents: bytes, name: str = "qwen.tiktoken") -> dict[bytes, int]:
+    """The ``{token bytes: rank}`` of a vocabulary file's contents (``name`` labels errors)."""
     ranks: dict[bytes, int] = {}
     for number, line in enumerate(contents.splitlines(), 1):
         if not line.strip():
@@ -65,11 +70,11 @@ def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
                 raise ValueError("expected 'base64-token rank'")
             ranks[base64.b64decode(fields[0], validate=True)] = int(fields[1])
         except (ValueError, binascii.Error) as exc:
-            raise TokenizerError(f"{path}, line {number}: not a tiktoken vocabulary line ({exc})") from None
+            raise TokenizerError(f"{name}, line {number}: not a tiktoken vocabulary line ({exc})") from None
     if not ranks:
-        raise TokenizerError(f"{path}: empty tiktoken vocabulary")
+        raise TokenizerError(f"{name}: empty tiktoken vocabulary")
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
+        raise TokenizerError(f"{name}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
     return ranks
 
 
@@ -94,7 +99,7 @@ class QwenTiktokenTokenizer:
             import tiktoken
         except ImportError:
             raise TokenizerError(
-                "the Qwen-VL tokenizer needs the tiktoken package: pip install 'vlutils[qwen_vl]'"
+                'the Qwen-VL tokenizer needs the tiktoken package: pip install "qwenvl-kit[qwen_vl]"'
             ) from None
         self.name = name
         self.mergeable_ranks = dict(ranks)
@@ -115,6 +120,11 @@ class QwenTiktokenTokenizer:
     def from_file(cls, path: str | os.PathLike) -> "QwenTiktokenTokenizer":
         """Load a ``qwen.tiktoken`` vocabulary file."""
         return cls(read_tiktoken_ranks(path), name=os.path.basename(str(path)))
+
+    @classmethod
+    def from_bytes(cls, contents: bytes, name: str = "qwen.tiktoken") -> "QwenTiktokenTokenizer":
+        """From a ``qwen.tiktoken`` file's contents (read from s3:// or shipped to workers)."""
+        return cls(parse_tiktoken_ranks(contents, name), name=os.path.basename(name))
 
     # --- sizes and lookups ----------------------------------------------------------------
 

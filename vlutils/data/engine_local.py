@@ -1,24 +1,28 @@
-"""The local engine: a process pool on this machine (one tokenizer per worker), results in order.
+"""The local engine: a process pool on this machine; each worker builds and writes whole shards.
 
-At most ``4 * workers`` jobs are in flight (a sliding window), so a million-line dataset never
-sits in the pool's queue and no worker idles while the oldest job finishes.
-``workers=1`` (or ``None`` on a 1-core machine) runs in this process. A worker that dies (out of
-memory, a crash in a native decoder) fails the job with ``BrokenProcessPool`` instead of hanging
-it; rerunning the command resumes after the last finished shard.
+At most ``2 * workers`` shards are in flight (a sliding window over the streamed plan), so the
+pool's queue never holds the whole job. ``workers=1`` (or ``None`` on a 1-core machine) runs in
+this process. A worker that dies (out of memory, a crash in a native decoder, SIGKILL) fails
+the job with ``BrokenProcessPool`` instead of hanging it; rerunning the command resumes, reusing
+every shard already written.
 """
 
 from __future__ import annotations
 
-import collections
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
-from .build import Job, SampleBuilder
-from .spec import DatasetSpec
+from .plan import ShardPlan
+from .worker import ShardContext, WorkerResources, build_shard
 
-_builder: SampleBuilder | None = None
+_context: ShardContext | None = None
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process died (killed, out of memory, a crash in a native decoder) mid-shard."""
 
 
 def default_workers() -> int:
@@ -37,37 +41,45 @@ def _die_with_parent() -> None:
         pass
 
 
-def _init(spec: DatasetSpec, tokenizer: str, model_type: str) -> None:
-    global _builder
+def _init(context: ShardContext) -> None:
+    global _context
     import torch
 
     _die_with_parent()
     torch.set_num_threads(1)  # one process per core already
-    _builder = SampleBuilder(spec, tokenizer, model_type)
+    _context = context
 
 
-def _work(job: Job) -> dict:
-    return _builder(job)
+def _work(plan: ShardPlan) -> dict:
+    return build_shard(plan, _context)
 
 
-def run_local(jobs: Iterable[Job], spec: DatasetSpec, tokenizer: str, model_type: str,
-              workers: int | None = None) -> Iterator[tuple[Job, dict]]:
-    """``(job, result)`` for every job, in the order given."""
-    workers = workers or default_workers()
+def run_local(plans: Iterable[ShardPlan], context: ShardContext, resources: WorkerResources | None = None) -> Iterator[dict]:
+    """Build every planned shard; yield each shard's report as it finishes (any order)."""
+    workers = (resources.workers if resources else None) or default_workers()
     if workers <= 1:
-        builder = SampleBuilder(spec, tokenizer, model_type)
-        for job in jobs:
-            yield job, builder(job)
+        for plan in plans:
+            yield build_shard(plan, context)
         return
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
-                             initargs=(spec, tokenizer, model_type)) as pool:
-        pending: collections.deque = collections.deque()
-        for job in jobs:
-            pending.append((job, pool.submit(_work, job)))
-            if len(pending) >= 4 * workers:
-                oldest, future = pending.popleft()
-                yield oldest, future.result()
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init,
+                             initargs=(context,)) as pool:
+        pending: dict = {}
+
+        def finished() -> Iterator[dict]:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                plan = pending.pop(future)
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    raise WorkerDiedError(
+                        f"a worker process died (killed or out of memory) while shard {plan.number} was being "
+                        f"built; finished shards are kept: rerun the same command to resume") from None
+
+        for plan in plans:
+            pending[pool.submit(_work, plan)] = plan
+            while len(pending) >= 2 * workers:
+                yield from finished()
         while pending:
-            oldest, future = pending.popleft()
-            yield oldest, future.result()
+            yield from finished()

@@ -1,95 +1,119 @@
-"""The Ray engine: the same job on Ray Data, on a cluster (``RAY_ADDRESS``) or a local Ray.
+"""The Ray engine: one plain Ray task per shard, on the cluster at ``RAY_ADDRESS`` or a local Ray.
 
-Pipeline: read (the records, as a dataset of small rows) -> ``map_batches`` on an actor
-pool (each actor loads the tokenizer once, fetches media and builds samples) -> write. The
-write runs on the driver through the same :class:`~vlutils.data.shards.ShardWriter` as the
-local engine, reading results in order (``preserve_order``), so both engines produce the
-same bytes and the same journal, and resume the same way.
+Why tasks and not Ray Data: a shard is already the unit of work (its records, its file), so
+``ray.remote`` per shard is all the scheduling needed. Each task reads its records from the
+record files, builds and writes its shard and report to the output storage, and returns only
+the report. That avoids what Ray Data's actor pool cost here: results streamed back through
+the driver, a 64-block cap from ``from_items``, read tasks starved by the pool on small
+machines, actor-restart arguments kept in the object store, and its progress/memory/INFO
+output.
 
-Resources: actors reserve at most the cluster's CPUs minus 1.5, so the read tasks always
-find a CPU (on 2 cores a pool of 2 one-CPU actors starves the read task and never
-progresses); on small machines one actor with ``num_cpus=0.5``. A killed actor is
-restarted and its batch retried (``max_restarts`` / ``max_task_retries``).
+Resources: each task reserves ``cpus`` (default 1) and optionally ``memory`` bytes; the
+driver keeps about two tasks per task slot of the whole cluster in flight, so every node gets
+work and a freed slot starts its next shard at once. A task whose worker process or node dies
+is retried by Ray elsewhere (``max_retries``), and rebuilding a shard gives the same bytes.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import pickle
 from typing import Iterable, Iterator
 
-from .build import Job, SampleBuilder
-from .spec import DatasetSpec
+from .plan import ShardPlan
+from .worker import ShardContext, WorkerResources, build_shard
 
 logger = logging.getLogger(__name__)
 
-KILL_MARKER_ENV = "VLUTILS_RAY_TEST_KILL_MARKER"  # tests: an actor kills itself once if this file exists
-BATCH_SIZE = 4
-
-
-def actor_resources(cluster_cpus: float, workers: int | None = None) -> tuple[int, float]:
-    """``(pool size, CPUs per actor)`` that always leaves the read tasks at least 1.5 CPUs' room."""
-    budget = max(0.5, cluster_cpus - 1.5)
-    size = workers or max(1, int(budget))
-    return size, min(1.0, budget / size)
-
-
-class _RayBuilder:
-    """An actor of the pool: one SampleBuilder (tokenizer loaded once)."""
-
-    def __init__(self, spec: DatasetSpec, tokenizer: str, model_type: str, kill_marker: str | None = None):
-        import torch
-
-        torch.set_num_threads(1)
-        self.builder = SampleBuilder(spec, tokenizer, model_type)
-        self.kill_marker = kill_marker
-
-    def __call__(self, batch: dict) -> dict:
-        if self.kill_marker and os.path.exists(self.kill_marker):
-            os.remove(self.kill_marker)
-            os.kill(os.getpid(), 9)  # a worker lost mid-job: Ray must restart it and retry this batch
-        payloads = []
-        for source, index, line, path in zip(batch["source"], batch["index"], batch["line"], batch["path"]):
-            result = self.builder(Job(int(source), int(index), bytes(line), str(path)))
-            payloads.append(pickle.dumps(result, protocol=5))
-        return {"source": batch["source"], "index": batch["index"], "payload": payloads}
+KILL_MARKER_ENV = "VLUTILS_RAY_TEST_KILL_MARKER"  # tests: a task SIGKILLs its worker once if this file exists
+MAX_RETRIES = 5  # per shard, for lost worker processes or nodes (a bad record never fails a shard)
 
 
 def init_ray():
-    """Connect to ``RAY_ADDRESS`` or start a local Ray (once per process)."""
+    """Connect to ``RAY_ADDRESS`` or start a local Ray (once per process), quietly.
+
+    A local Ray is private to this job: Ray turns its token authentication on by default and
+    says so in a warning on every start, which is noise here (the notice is silenced, the
+    authentication stays), and its usage stats stay off unless the user turned them on. On a
+    cluster, the cluster's settings rule (``RAY_AUTH_MODE``: see docs/cluster.md).
+    """
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
         logger.info("ray: %s", f"connecting to {address}" if address else "starting a local Ray")
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        if address is None:
+            notice.setLevel(logging.ERROR)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
+        finally:
+            notice.setLevel(level)
     return ray
 
 
-def run_ray(jobs: Iterable[Job], spec: DatasetSpec, tokenizer: str, model_type: str,
-            workers: int | None = None) -> Iterator[tuple[Job, dict]]:
-    """``(job, result)`` for every job, in the order given, computed on Ray Data."""
-    items = [{"source": j.source, "index": j.index, "line": j.line, "path": j.path} for j in jobs]
-    if not items:
-        return
+def _task(plan: ShardPlan, context: ShardContext, kill_marker: str | None) -> tuple[dict, str]:
+    """Runs on a Ray worker: build one shard; return its report and the node it ran on."""
+    import ray
+    import torch
+
+    torch.set_num_threads(1)  # Ray gives each task its CPUs; decoders and resize are per-core
+    if kill_marker and os.path.exists(kill_marker):
+        os.remove(kill_marker)
+        os.kill(os.getpid(), 9)  # a worker lost mid-shard: Ray must retry the task
+    return build_shard(plan, context), ray.get_runtime_context().get_node_id()
+
+
+def task_slots(cluster_cpus: float, cpus_per_task: float, workers: int | None = None) -> int:
+    """How many shards run at once: ``workers`` if given, else as many tasks as the cluster's CPUs hold."""
+    if workers:
+        return workers
+    return max(1, int(cluster_cpus // cpus_per_task))
+
+
+def run_ray(plans: Iterable[ShardPlan], context: ShardContext, resources: WorkerResources | None = None) -> Iterator[dict]:
+    """Build every planned shard as a Ray task; yield each report as its task finishes (any order)."""
     ray = init_ray()
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    size, cpus = actor_resources(ray.cluster_resources().get("CPU", 1.0), workers)
-    logger.info("ray: %d actor(s) with %.2g CPU each for %d records", size, cpus, len(items))
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // BATCH_SIZE, 64)))
-    results = dataset.map_batches(
-        _RayBuilder,
-        fn_constructor_args=(spec, os.path.abspath(tokenizer), model_type, os.environ.get(KILL_MARKER_ENV)),
-        batch_size=BATCH_SIZE, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
-        num_cpus=cpus, max_restarts=-1, max_task_retries=-1,
-    )
-    rows = iter(results.iter_rows())
-    for item in items:
-        row = next(rows)
-        if (int(row["source"]), int(row["index"])) != (item["source"], item["index"]):
-            raise RuntimeError(f"Ray returned record {row['source']}:{row['index']} out of order")
-        yield Job(item["source"], item["index"], item["line"], item["path"]), pickle.loads(row["payload"])
+    cpus = (resources.cpus if resources else None) or 1.0
+    memory = (resources.memory if resources else None)
+    cluster = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    slots = task_slots(cluster.get("CPU", 1.0), cpus, (resources.workers if resources else None))
+    if cpus > max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0):
+        from ..errors import InvalidSpecError
+
+        raise InvalidSpecError(f"--worker-cpus {cpus:g} is more than any node of the Ray cluster has")
+    logger.info("ray: %d node(s), %g CPU(s); %d shard(s) at a time, %g CPU each", nodes, cluster.get("CPU", 0),
+                slots, cpus)
+    remote = ray.remote(_task).options(num_cpus=cpus, memory=memory, max_retries=MAX_RETRIES,
+                                       retry_exceptions=False)
+    context_ref = ray.put(context)  # the tokenizer text travels once, not once per shard
+    kill_marker = os.environ.get(KILL_MARKER_ENV)
+    pending: list = []
+    per_node: collections.Counter = collections.Counter()
+
+    def finished(refs: list) -> Iterator[dict]:
+        for ref in refs:
+            report, node = ray.get(ref)
+            per_node[node] += 1
+            yield report
+
+    try:
+        for plan in plans:
+            pending.append(remote.remote(plan, context_ref, kill_marker))
+            while len(pending) >= 2 * slots:
+                ready, pending = ray.wait(pending, num_returns=1)
+                yield from finished(ready)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield from finished(ready)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    names = {n["NodeID"]: n.get("NodeManagerAddress", "?") + ":" + str(n.get("NodeManagerPort", "")) for n in ray.nodes()}
+    logger.info("ray: shards built per node: %s", {names.get(node, node): count for node, count in per_node.items()})

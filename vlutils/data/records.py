@@ -20,7 +20,7 @@ import os
 import re
 
 from ..errors import InvalidRecordError
-from .spec import SourceSpec
+from .spec import SourceSpec, dirname
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _TAG = re.compile(r"<image>|<video>")
@@ -44,7 +44,7 @@ def parse_record(line: str | bytes, source: SourceSpec, path: str) -> list[dict]
         messages = _from_sharegpt(record)
     else:
         messages = _from_llava(record)
-    base = source.media_dir or os.path.dirname(os.path.abspath(path))
+    base = source.media_dir or (dirname(path) if "://" in path else os.path.dirname(os.path.abspath(path)))
     return [_finish_message(m, base, source) for m in messages]
 
 
@@ -199,9 +199,12 @@ def _resolved(item: dict, base: str) -> dict:
 
 
 def resolve_path(value: str, base: str) -> str:
-    """A relative local path made absolute against ``base``; URLs, data URIs and absolute paths kept."""
+    """A relative path made absolute against ``base`` (a folder or an ``s3://`` prefix, so media
+    next to records in object storage resolve there too); URLs, data URIs and absolute paths kept."""
     if "://" in value or value.startswith("data:") or os.path.isabs(value) or not value:
         return value
     if len(value) > 1024 and "/" not in value[:64]:  # bare base64
         return value
+    if "://" in base:
+        return base.rstrip("/") + "/" + value
     return os.path.join(base, value)

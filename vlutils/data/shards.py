@@ -1,28 +1,39 @@
-"""Resumable output: Parquet shards written atomically, a journal of finished shards, and the
-final ``manifest.json`` / ``rejected.jsonl``.
+"""The output folder: Parquet shards and their reports, written by the workers; the manifest and
+the rejected list, written by the driver at the end.
 
-Why it survives ``kill -9``: a shard is written to ``*.tmp``, fsynced and renamed into place
-(a reader never sees half a shard), and only then is one line appended to ``_journal.jsonl``
-naming the shard, the last record it covers and the records rejected since the previous
-shard. A rerun reads the journal, drops a torn last line, and restarts after the last
-record covered; shards after it are rewritten with identical content because the order
-(source in spec order, then line) and the shard boundaries (every ``shard_size`` samples)
-do not depend on timing or workers.
+Layout of ``--out`` (a local folder, ``file://`` or ``s3://`` prefix)::
+
+    _job.json                  the job (spec, tokenizer digest, shard size): a rerun must match it
+    part-00007.parquet         shard 7: the samples of records [7*S, 8*S) (absent if all were rejected)
+    _reports/part-00007.json   shard 7 is complete: its counts, stats and rejected records
+    rejected.jsonl             every rejected record in record order (at the end)
+    manifest.json              counts, histograms, the shard list (at the end; the job is done)
+
+Why it survives ``kill -9`` of anything: a shard and its report are each written under a
+temporary name and then renamed (filesystems) or copied (object stores) into place, so a reader
+never sees half of either, and the report is written after the shard, so a report proves its
+shard complete. A rerun lists ``_reports/`` and builds only the shards without one; rebuilding a
+shard gives the same bytes, because a shard is a pure function of the spec and its number and
+the Parquet writer is deterministic (fixed row groups, no timestamps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import Any, Iterable
+import uuid
+from typing import Any, Iterable, Iterator, Mapping
+
+from .. import storage
 
 logger = logging.getLogger(__name__)
 
-JOURNAL = "_journal.jsonl"
 JOB = "_job.json"
 MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
+REPORTS = "_reports"
 LOCK = "_lock"
 # Parquet row groups close after this many media bytes (or rows): random access to one sample
 # then decompresses about one video, not its neighbours too.
@@ -30,124 +41,125 @@ ROW_GROUP_BYTES = 1 << 20
 ROW_GROUP_ROWS = 64
 
 
+def shard_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def report_location(out: str, number: int) -> str:
+    return storage.join(out, REPORTS, f"part-{number:05d}.json")
+
+
+def completed_shards(out: str, storage_options: Mapping[str, str] | None = None) -> set[int]:
+    """Numbers of the shards whose report exists (complete shards)."""
+    done = set()
+    for location in storage.list_dir(storage.join(out, REPORTS), storage_options=storage_options):
+        name = storage.basename(location)
+        if name.startswith("part-") and name.endswith(".json") and name[5:-5].isdigit():
+            done.add(int(name[5:-5]))
+    return done
+
+
+def read_report(out: str, number: int, storage_options: Mapping[str, str] | None = None) -> dict:
+    return json.loads(storage.read_bytes(report_location(out, number), storage_options=storage_options))
+
+
+def remove_temporaries(out: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """Delete what killed writers left under temporary names (never visible as results)."""
+    return sum(storage.remove_temporaries(folder, storage_options=storage_options)
+               for folder in (out, storage.join(out, REPORTS)))
+
+
+@contextlib.contextmanager
+def atomic_output(location: str, storage_options: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """A writable binary stream whose content appears under ``location`` only when the block ends
+    without an error. Local: a temporary file, fsynced, renamed. Object store: a (multipart)
+    upload to a temporary key, then a server-side copy to the final key and a delete, so a
+    reader sees the whole object or none (S3 has no rename; a commit marker would make every
+    reader check for it)."""
+    tmp_name = f"{storage.TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    if not storage.is_remote(location):
+        filesystem, path = storage.resolve(location, storage_options=storage_options)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + tmp_name
+        try:
+            with open(tmp, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        return
+    filesystem, path = storage.resolve(location, storage_options=storage_options)
+    tmp = path + tmp_name
+    try:
+        with filesystem.open_output_stream(tmp) as handle:
+            yield handle
+        filesystem.copy_file(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            filesystem.delete_file(tmp)
+
+
 def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path or ".", os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+class ParquetShard:
+    """Writes one shard's rows as they come, one row group at a time (a worker holds at most a row
+    group of samples, never the whole shard). Nothing is visible until :meth:`close`."""
 
-
-def read_journal(out: str) -> list[dict]:
-    """Finished shard entries, in order; a torn last line (killed mid-append) is cut off."""
-    path = os.path.join(out, JOURNAL)
-    if not os.path.exists(path):
-        return []
-    entries, good_bytes = [], 0
-    with open(path, "rb") as handle:
-        for raw in handle:
-            try:
-                if not raw.endswith(b"\n"):
-                    raise ValueError("torn line")
-                entries.append(json.loads(raw))
-            except ValueError:
-                logger.warning("%s: dropping a torn journal line", path)
-                break
-            good_bytes += len(raw)
-    if good_bytes != os.path.getsize(path):
-        with open(path, "r+b") as handle:
-            handle.truncate(good_bytes)
-    return entries
-
-
-class ShardWriter:
-    """Groups rows into shards of ``shard_size`` samples and journals each finished shard."""
-
-    def __init__(self, out: str, shard_size: int, entries: list[dict]):
+    def __init__(self, location: str, storage_options: Mapping[str, str] | None = None):
         from .rows import schema
 
-        self.out, self.shard_size, self.schema = out, shard_size, schema()
-        self.entries = entries
-        self.rows: list[dict] = []
-        self.rejected: list[dict] = []
-        self.last: list[int] | None = None
+        self.location, self.storage_options, self.schema = location, storage_options, schema()
+        self.rows = 0
+        self._group: list[dict] = []
+        self._group_bytes = 0
+        self._output: contextlib.ExitStack | None = None
+        self._writer = None
 
-    @property
-    def next_shard(self) -> int:
-        return len(self.entries)
+    def add(self, row: dict) -> None:
+        self._group.append(row)
+        self._group_bytes += media_bytes(row)
+        self.rows += 1
+        if self._group_bytes >= ROW_GROUP_BYTES or len(self._group) >= ROW_GROUP_ROWS:
+            self._write_group()
 
-    def add(self, position: tuple[int, int], result: dict) -> None:
-        """One record's result, in order; closes a shard when it reaches ``shard_size`` rows."""
-        self.last = list(position)
-        if result["kind"] == "row":
-            self.rows.append(result["row"])
-        else:
-            self.rejected.append(result["rejected"])
-        if len(self.rows) >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is pending (the last, possibly short, shard)."""
-        if not self.rows and not self.rejected:
-            return
-        number = self.next_shard
-        name = None
-        if self.rows:
-            name = f"part-{number:05d}.parquet"
-            self._write_parquet(os.path.join(self.out, name))
-        entry = {
-            "shard": number, "file": name, "rows": len(self.rows), "last": self.last,
-            "rejected": self.rejected, "stats": _stats(self.rows),
-        }
-        with open(os.path.join(self.out, JOURNAL), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, separators=(",", ":")) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.entries.append(entry)
-        self.rows, self.rejected = [], []
-
-    def _write_parquet(self, path: str) -> None:
+    def _write_group(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tmp = path + ".tmp"
-        with pq.ParquetWriter(tmp, self.schema, compression="zstd") as writer:
-            for group in _row_groups(self.rows):
-                columns = {name: [row.get(name) for row in group] for name in self.schema.names}
-                writer.write_table(pa.table(columns, schema=self.schema), row_group_size=len(group))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.out)
+        if self._writer is None:
+            self._output = contextlib.ExitStack()
+            sink = self._output.enter_context(atomic_output(self.location, self.storage_options))
+            self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+        columns = {name: [row.get(name) for row in self._group] for name in self.schema.names}
+        self._writer.write_table(pa.table(columns, schema=self.schema), row_group_size=len(self._group))
+        self._group, self._group_bytes = [], 0
+
+    def close(self) -> None:
+        """Write the last row group and publish the file (no file when the shard has no rows)."""
+        if self._group:
+            self._write_group()
+        if self._writer is not None:
+            self._writer.close()
+            self._output.close()
+
+    def abort(self) -> None:
+        if self._output is not None:
+            self._output.__exit__(RuntimeError, RuntimeError("shard aborted"), None)
 
 
-def _media_bytes(row: dict) -> int:
+def media_bytes(row: dict) -> int:
     return sum(len(m["data"]) for key in ("images", "videos") for m in (row.get(key) or [])) + sum(
         len(row.get(key) or b"") for key in ("pixel_values", "pixel_values_videos"))
-
-
-def _row_groups(rows: list[dict]) -> list[list[dict]]:
-    """Consecutive rows cut after ``ROW_GROUP_BYTES`` of media or ``ROW_GROUP_ROWS`` rows."""
-    groups, current, size = [], [], 0
-    for row in rows:
-        current.append(row)
-        size += _media_bytes(row)
-        if size >= ROW_GROUP_BYTES or len(current) >= ROW_GROUP_ROWS:
-            groups.append(current)
-            current, size = [], 0
-    if current:
-        groups.append(current)
-    return groups
 
 
 def _bucket(value: int) -> str:
@@ -158,47 +170,80 @@ def _bucket(value: int) -> str:
     return f"<={edge}"
 
 
-def _stats(rows: list[dict]) -> dict:
-    stats: dict[str, Any] = {"tokens": 0, "patches": 0, "bytes_media": 0, "per_source": {},
-                             "token_hist": {}, "patch_hist": {}}
-    for row in rows:
+class ShardStats:
+    """Sizes of one shard's samples, folded as they are written."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {"tokens": 0, "patches": 0, "bytes_media": 0, "per_source": {},
+                                     "token_hist": {}, "patch_hist": {}}
+
+    def add(self, row: dict) -> None:
+        stats = self.data
         tokens, patches = int(row.get("num_tokens") or 0), int(row.get("num_patches") or 0)
         stats["tokens"] += tokens
         stats["patches"] += patches
+        stats["bytes_media"] += media_bytes(row)
         stats["per_source"][row["source"]] = stats["per_source"].get(row["source"], 0) + 1
         for hist, value in (("token_hist", tokens), ("patch_hist", patches)):
             key = _bucket(value)
             stats[hist][key] = stats[hist].get(key, 0) + 1
-    return stats
 
 
-def finish(out: str, entries: list[dict], header: dict, source_names: Iterable[str]) -> dict:
-    """Write ``rejected.jsonl`` and ``manifest.json`` from the journal (atomically) and return the manifest."""
-    rejected = [r for entry in entries for r in entry["rejected"]]
-    write_atomic(os.path.join(out, REJECTED), "".join(json.dumps(r) + "\n" for r in rejected).encode())
-    per_source = {name: {"samples": 0, "rejected": 0} for name in source_names}
-    totals = {"tokens": 0, "patches": 0}
-    hists: dict[str, dict[str, int]] = {"token_hist": {}, "patch_hist": {}}
-    for entry in entries:
-        stats = entry["stats"]
+class Totals:
+    """The manifest's counts, folded from shard reports in any order (the driver keeps only this,
+    plus one small tuple per shard)."""
+
+    def __init__(self, source_names: Iterable[str]):
+        self.per_source = {name: {"samples": 0, "rejected": 0} for name in source_names}
+        self.tokens = self.patches = self.bytes_media = self.samples = self.rejected = 0
+        self.hists: dict[str, dict[str, int]] = {"token_hist": {}, "patch_hist": {}}
+        self.by_error: dict[str, int] = {}
+        self.shards: dict[int, tuple[str | None, int, int]] = {}  # number -> (file, rows, rejected)
+
+    def add(self, report: dict) -> None:
+        if report["shard"] in self.shards:
+            return
+        stats = report["stats"]
+        self.shards[report["shard"]] = (report["file"], report["rows"], len(report["rejected"]))
         for name, count in stats["per_source"].items():
-            per_source[name]["samples"] += count
-        for key in totals:
-            totals[key] += stats[key]
-        for hist in hists:
+            self.per_source[name]["samples"] += count
+        for rejected in report["rejected"]:
+            self.per_source[rejected["source"]]["rejected"] += 1
+            self.by_error[rejected["error"]] = self.by_error.get(rejected["error"], 0) + 1
+        self.tokens += stats["tokens"]
+        self.patches += stats["patches"]
+        self.bytes_media += stats["bytes_media"]
+        self.samples += report["rows"]
+        self.rejected += len(report["rejected"])
+        for hist in self.hists:
             for bucket, count in stats[hist].items():
-                hists[hist][bucket] = hists[hist].get(bucket, 0) + count
-    for r in rejected:
-        per_source[r["source"]]["rejected"] += 1
-    samples = sum(e["rows"] for e in entries)
+                self.hists[hist][bucket] = self.hists[hist].get(bucket, 0) + count
+
+
+def finish(out: str, totals: Totals, header: dict, storage_options: Mapping[str, str] | None = None) -> dict:
+    """Write ``rejected.jsonl`` (from the reports of shards that rejected something) and
+    ``manifest.json``, each atomically, and return the manifest."""
+    numbers = sorted(totals.shards)
+    if numbers != list(range(len(numbers))):
+        raise RuntimeError(f"{out}: shard reports missing: {sorted(set(range(numbers[-1] + 1)) - set(numbers))}")
+    lines = []
+    for number in numbers:
+        if totals.shards[number][2]:
+            lines.extend(json.dumps(r) + "\n" for r in read_report(out, number, storage_options)["rejected"])
+    storage.write_atomic(storage.join(out, REJECTED), "".join(lines).encode(), storage_options=storage_options)
     by_edge = lambda h: dict(sorted(h.items(), key=lambda kv: int(kv[0][2:])))  # noqa: E731
     manifest = {
         **header,
-        "counts": {"records": samples + len(rejected), "samples": samples, "rejected": len(rejected),
-                   "per_source": per_source, "tokens": totals["tokens"], "patches": totals["patches"]},
-        "histograms": {"num_tokens": by_edge(hists["token_hist"]), "num_patches": by_edge(hists["patch_hist"])},
-        "shards": [{"file": e["file"], "rows": e["rows"]} for e in entries if e["file"]],
+        "counts": {"records": totals.samples + totals.rejected, "samples": totals.samples,
+                   "rejected": totals.rejected, "per_source": totals.per_source, "tokens": totals.tokens,
+                   "patches": totals.patches, "bytes_media": totals.bytes_media,
+                   "rejected_by_error": dict(sorted(totals.by_error.items()))},
+        "histograms": {"num_tokens": by_edge(totals.hists["token_hist"]),
+                       "num_patches": by_edge(totals.hists["patch_hist"])},
+        "shards": [{"file": totals.shards[n][0], "rows": totals.shards[n][1]} for n in numbers
+                   if totals.shards[n][0]],
         "complete": True,
     }
-    write_atomic(os.path.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+    storage.write_atomic(storage.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(),
+                         storage_options=storage_options)
     return manifest

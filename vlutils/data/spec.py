@@ -15,13 +15,15 @@ the manifest for samplers; preparation writes every record once.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
+from .. import storage
 from ..clitext import install_hint
 from ..errors import InvalidSpecError
 
@@ -56,26 +58,68 @@ class DatasetSpec:
     shard_size: int | None = None
     options: dict = field(default_factory=dict)  # passed to build_sample (e.g. system_prompt)
     path: str = ""
+    base: str = ""  # the folder (or URI prefix) that relative paths of the spec are relative to
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The spec with its locations relative to ``base``: the same data at another path (or
+        copied to object storage) is the same job and resumes."""
+        data = asdict(self)
+        data.pop("base")
+        data["path"] = _relative(self.path, self.base)
+        for source in data["sources"]:
+            source["files"] = [_relative(f, self.base) for f in source["files"]]
+            if source["media_dir"]:
+                source["media_dir"] = _relative(source["media_dir"], self.base)
+        return data
 
     def digest(self) -> str:
-        """sha256 of the canonical spec (settings and file names; not file contents)."""
+        """sha256 of the canonical spec (settings and relative file names; not file contents)."""
         text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_spec(path: str) -> DatasetSpec:
-    """Read a ``.jsonl`` dataset (one source, format detected per record) or a mixture config."""
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
+def _relative(location: str, base: str) -> str:
+    if base and location.startswith(base.rstrip("/") + "/"):
+        return location[len(base.rstrip("/")) + 1:]
+    return location
+
+
+def dirname(location: str) -> str:
+    """The folder of a local path or the prefix of a URI (``s3://b/x/y.jsonl`` -> ``s3://b/x``)."""
+    return storage.parent(location)
+
+
+def normalize_location(location: str) -> str:
+    """Local paths made absolute, ``file://`` URIs made local paths, ``s3://`` kept; anything the
+    storage module does not understand (``gs://``, a mistyped ``s3:/x``) is an :class:`InvalidSpecError`."""
+    try:
+        storage.check_location(location)
+    except storage.StorageError as exc:
+        raise InvalidSpecError(str(exc)) from None
+    if storage.is_remote(location):
+        return location
+    if location[:7].lower() == "file://":
+        return storage.resolve(location)[1]
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def load_spec(path: str, storage_options: Mapping[str, str] | None = None) -> DatasetSpec:
+    """Read a ``.jsonl`` dataset (one source, format detected per record) or a mixture config,
+    from a local path, a ``file://`` or an ``s3://`` URI."""
+    path = normalize_location(path)
+    try:
+        found = storage.exists(path, storage_options=storage_options)
+    except storage.StorageError as exc:
+        raise InvalidSpecError(f"{path}: cannot read the spec: {exc}") from None
+    if not found:
         raise InvalidSpecError(f"{path}: no such spec file")
     if path.endswith(".jsonl"):
-        name = os.path.splitext(os.path.basename(path))[0]
-        return DatasetSpec(sources=(SourceSpec(name=name, files=(path,)),), path=path)
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+        name = os.path.splitext(path.rsplit("/", 1)[-1])[0]
+        return DatasetSpec(sources=(SourceSpec(name=name, files=(path,)),), path=path, base=dirname(path))
+    try:
+        text = storage.read_bytes(path, storage_options=storage_options).decode("utf-8")
+    except (storage.StorageError, UnicodeDecodeError) as exc:
+        raise InvalidSpecError(f"{path}: cannot read the spec: {exc}") from None
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml
@@ -87,11 +131,13 @@ def load_spec(path: str) -> DatasetSpec:
         raise InvalidSpecError(f"{path}: YAML specs need pyyaml: {install_hint('data')}") from None
     except Exception as exc:  # json / yaml syntax errors
         raise InvalidSpecError(f"{path}: not valid JSON/YAML: {exc}") from None
-    return parse_spec(config, os.path.dirname(path), path)
+    return parse_spec(config, dirname(path), path, storage_options=storage_options)
 
 
-def parse_spec(config: Any, base_dir: str, label: str = "spec") -> DatasetSpec:
+def parse_spec(config: Any, base_dir: str, label: str = "spec",
+               storage_options: Mapping[str, str] | None = None) -> DatasetSpec:
     """Validate a mixture config (a dict) whose relative paths are relative to ``base_dir``."""
+    base_dir = normalize_location(base_dir)
     if not isinstance(config, dict) or not isinstance(config.get("sources"), list) or not config["sources"]:
         raise InvalidSpecError(f"{label}: a mixture needs a non-empty 'sources' list")
     _unknown(config, _TOP_KEYS, label)
@@ -119,10 +165,7 @@ def parse_spec(config: Any, base_dir: str, label: str = "spec") -> DatasetSpec:
         fmt = raw.get("format", "auto")
         if fmt not in FORMATS:
             raise InvalidSpecError(f"{where}: format must be one of {FORMATS}, got {fmt!r}")
-        pattern = os.path.join(base_dir, raw["path"])
-        files = tuple(sorted(glob.glob(pattern))) if glob.has_magic(pattern) else (pattern,)
-        if not files or not all(os.path.isfile(f) for f in files):
-            raise InvalidSpecError(f"{where}: no file matches {raw['path']!r}")
+        files = _expand(_located(raw["path"], base_dir), where, storage_options)
         weight = raw.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
             raise InvalidSpecError(f"{where}: weight must be a positive number, got {weight!r}")
@@ -132,12 +175,45 @@ def parse_spec(config: Any, base_dir: str, label: str = "spec") -> DatasetSpec:
             image=_settings(raw.get("image"), IMAGE_KEYS, f"{where}.image"),
             video=_settings(raw.get("video"), VIDEO_KEYS, f"{where}.video"),
             weight=float(weight),
-            media_dir=os.path.join(base_dir, media_dir) if media_dir else None,
+            media_dir=_located(media_dir, base_dir) if media_dir else None,
         ))
     return DatasetSpec(
         sources=tuple(sources), model_type=config.get("model_type"), max_length=config.get("max_length"),
-        truncation=truncation, shard_size=config.get("shard_size"), options=options, path=label,
+        truncation=truncation, shard_size=config.get("shard_size"), options=options, path=label, base=base_dir,
     )
+
+
+def _located(path: str, base_dir: str) -> str:
+    """A spec path: absolute paths and URIs as they are, relative ones under ``base_dir``."""
+    if "://" in path or os.path.isabs(path):
+        return normalize_location(path)
+    return normalize_location(storage.join(base_dir, path))
+
+
+def _expand(pattern: str, where: str, storage_options: Mapping[str, str] | None) -> tuple[str, ...]:
+    """The sorted files a source path names (a glob in the last path component on object stores)."""
+    try:
+        if not glob.has_magic(pattern):
+            files: tuple[str, ...] = (pattern,)
+        elif storage.is_remote(pattern):
+            folder, name = pattern.rsplit("/", 1)
+            if glob.has_magic(folder):
+                raise InvalidSpecError(f"{where}: on object storage only the file name may hold a glob: {pattern!r}")
+            files = tuple(sorted(f for f in storage.list_dir(folder, storage_options=storage_options)
+                                 if fnmatch.fnmatchcase(f.rsplit("/", 1)[-1], name)))
+        else:
+            files = tuple(sorted(glob.glob(pattern)))
+        if not files or not all(_is_file(f, storage_options) for f in files):
+            raise InvalidSpecError(f"{where}: no file matches {pattern!r}")
+    except storage.StorageError as exc:
+        raise InvalidSpecError(f"{where}: cannot list {pattern!r}: {exc}") from None
+    return files
+
+
+def _is_file(location: str, storage_options: Mapping[str, str] | None) -> bool:
+    if not storage.is_remote(location):
+        return os.path.isfile(location)
+    return storage.exists(location, storage_options=storage_options)
 
 
 def _settings(value: Any, allowed: tuple[str, ...], where: str) -> dict:
@@ -155,14 +231,25 @@ def _unknown(mapping: dict, allowed: set, where: str) -> None:
         raise InvalidSpecError(f"{where}: unknown key(s) {extra}; known: {sorted(allowed)}")
 
 
-def iter_lines(source: SourceSpec) -> Iterator[tuple[int, bytes, str]]:
+def iter_lines(source: SourceSpec, storage_options: Mapping[str, str] | None = None
+               ) -> Iterator[tuple[int, bytes, str]]:
     """``(index, line, file)`` for every non-blank line of a source; ``index`` is the 0-based
     line number across the source's files in sorted order (blank lines count, but yield nothing).
     Lines stay bytes: a line that is not valid UTF-8 is rejected when parsed, never patched."""
     index = 0
     for path in source.files:
-        with open(path, "rb") as handle:
-            for line in handle:
-                if line.strip():
-                    yield index, line, path
-                index += 1
+        rest = b""
+        with storage.open_input(path, storage_options=storage_options) as handle:
+            while True:
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield index, line + b"\n", path
+                    index += 1
+        if rest:
+            if rest.strip():
+                yield index, rest, path
+            index += 1

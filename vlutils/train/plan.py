@@ -19,6 +19,10 @@ million samples plan in seconds, and every rank computes the same plan from the 
    ``world_size`` neighbours form one step, so the batches run at the same time cost about the
    same. Steps are ordered by their mean key (about the epoch order again) and the batches of
    step ``s`` go to ranks rotated by ``s`` (no rank always gets the heaviest batch).
+4. **Rebalance** (:func:`rebalance`): in the worst steps (max/mean cost above
+   ``REBALANCE_ABOVE``, at most ``REBALANCE_STEPS`` of them), a few samples move from the heaviest
+   batch to the lightest, or swap with one of its samples, when both stay within the budgets
+   and the gap closes. This matters for small epochs, whose few steps each span a wide cost range.
 
 The cost model (:class:`CostModel`) is in units of one LLM token's forward FLOPs.
 """
@@ -27,17 +31,21 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["CostModel", "Batches", "pack_epoch", "fit_world_size", "group_steps", "REPAIR_ROUNDS",
-           "GROUP_STEPS", "auto_window"]
+           "GROUP_STEPS", "auto_window", "rebalance"]
 
 logger = logging.getLogger(__name__)
 
 REPAIR_ROUNDS = 2
 GROUP_STEPS = 64  # steps per cost-sorting group: each step spans about 1/64 of the group's cost range
+REBALANCE_ABOVE = 1.01  # steps whose max/mean cost exceeds this get samples moved or swapped ...
+REBALANCE_STEPS = 2048  # ... the worst this many steps of an epoch (bounded work on huge epochs)
+REBALANCE_MOVES = 32  # moves or swaps per step
 BINS_PER_WINDOW = 32  # the automatic window holds about this many batches
 NO_LIMIT = np.iinfo(np.int64).max // 4
 INT32_MAX = np.iinfo(np.int32).max
@@ -64,10 +72,13 @@ class CostModel:
     patch_attention: float = 1.6e-6
 
     def sample_costs(self, sizes: np.ndarray) -> np.ndarray:
-        """Cost of each sample of an ``(N, 2)`` (tokens, patches) array."""
+        """Cost of each sample of an ``(N, 2)`` (tokens, patches) array, rounded to 1/16 token:
+        sums of such values are exact in float64 whatever the summation order, so every rank
+        (on any CPU) makes the same comparisons and the same plan."""
         t = sizes[:, 0].astype(np.float64)
         p = sizes[:, 1].astype(np.float64)
-        return self.token * t + self.patch * p + self.token_attention * t * t + self.patch_attention * p * p
+        cost = self.token * t + self.patch * p + self.token_attention * t * t + self.patch_attention * p * p
+        return np.rint(cost * 16.0) / 16.0
 
 
 @dataclass
@@ -104,7 +115,9 @@ def auto_window(sizes: np.ndarray, budget: np.ndarray) -> int:
     """A packing window of about ``BINS_PER_WINDOW`` full batches of average samples."""
     if len(sizes) == 0:
         return 64
-    mean_share = float((sizes / budget).max(1).mean())
+    sample = sizes[:: max(1, len(sizes) // 100_000)]  # an estimate: 100,000 samples spread over the set
+    shares = (sample / budget).max(1)
+    mean_share = math.fsum(shares.tolist()) / len(shares)  # correctly rounded: the same on every CPU
     per_batch = 1.0 / max(mean_share, 1e-6)
     return int(min(max(BINS_PER_WINDOW * per_batch, 64), 16384))
 
@@ -161,10 +174,10 @@ def _first_fit_windows(item_sizes: np.ndarray, budget: np.ndarray, window: int) 
     tokens[:total], patches[:total] = item_sizes[:, 0], item_sizes[:, 1]
     share = np.maximum(tokens / budget[0], patches / budget[1])  # in [0, 1]
     share[total:] = -1.0  # padding sorts last
-    # inside each window: largest share first, ties by position (a stable sort of one float key)
-    key = np.arange(padded, dtype=np.int64) // window * 4.0 + (2.0 - share)
-    order = np.argsort(key, kind="stable").reshape(num_windows, window)
-    del key, share
+    # inside each window: largest share first, ties by position (a stable sort of each row)
+    order = np.argsort(-share.reshape(num_windows, window), axis=1, kind="stable")
+    order += (np.arange(num_windows, dtype=np.int64) * window)[:, None]
+    del share
     tok = tokens[order]
     pat = patches[order]
     real = order < total
@@ -263,3 +276,72 @@ def group_steps(costs: np.ndarray, keys: np.ndarray, world_size: int) -> np.ndar
     steps = steps[np.argsort(keys[steps].mean(1), kind="stable")]
     rotate = (np.arange(world_size)[None, :] + np.arange(len(steps))[:, None]) % world_size
     return np.take_along_axis(steps, rotate, 1)
+
+
+def rebalance(batches: Batches, steps: np.ndarray, sample_costs: np.ndarray, sizes: np.ndarray,
+              max_tokens: int, max_patches: int | None) -> Batches:
+    """Move or swap samples between the heaviest and the lightest batch of the worst steps (the
+    module doc, step 4); the result has the same batches, step by step, with some samples moved."""
+    if steps.shape[1] < 2 or len(steps) == 0:
+        return batches
+    costs = batches.totals(sample_costs)
+    step_costs = costs[steps]
+    ratio = step_costs.max(1) / np.maximum(step_costs.mean(1), 1e-12)
+    worst = np.argsort(-ratio, kind="stable")[:REBALANCE_STEPS]
+    worst = worst[ratio[worst] > REBALANCE_ABOVE]
+    if len(worst) == 0:
+        return batches
+    limit_p = NO_LIMIT if max_patches is None else max_patches
+    all_tokens = batches.totals(sizes[:, 0].astype(np.float64)).astype(np.int64)
+    all_patches = batches.totals(sizes[:, 1].astype(np.float64)).astype(np.int64)
+    replaced: dict[int, np.ndarray] = {}
+    for s in np.sort(worst).tolist():
+        ids = steps[s]
+        members = [batches.items[batches.offsets[b]:batches.offsets[b + 1]] for b in ids.tolist()]
+        cost = costs[ids].astype(np.float64)
+        tokens, patches = all_tokens[ids], all_patches[ids]
+        for _ in range(REBALANCE_MOVES):
+            h, l = int(np.argmax(cost)), int(np.argmin(cost))
+            gap = cost[h] - cost[l]
+            if cost[h] <= REBALANCE_ABOVE * cost.mean() or len(members[h]) < 2:
+                break
+            a, b = members[h], members[l]
+            # candidate a from h, with b from l (a swap) or with nothing (a move: column -1)
+            da = sample_costs[a][:, None] - np.append(sample_costs[b], 0.0)[None, :]
+            ta = sizes[a, 0][:, None] - np.append(sizes[b, 0], 0)[None, :]
+            pa = sizes[a, 1][:, None] - np.append(sizes[b, 1], 0)[None, :]
+            ok = (da > 0) & (da < gap) & (tokens[l] + ta <= max_tokens) & (patches[l] + pa <= limit_p) \
+                & (tokens[h] - ta <= max_tokens) & (patches[h] - pa <= limit_p)
+            if not ok.any():
+                break
+            score = np.where(ok, np.abs(da - gap / 2), np.inf)
+            i, j = np.unravel_index(int(np.argmin(score)), score.shape)
+            moved = a[i]
+            if j < len(b):  # swap
+                members[h] = np.append(np.delete(a, i), b[j])
+                members[l] = np.append(np.delete(b, j), moved)
+            else:  # move
+                members[h] = np.delete(a, i)
+                members[l] = np.append(b, moved)
+            cost[h] -= da[i, j]
+            cost[l] += da[i, j]
+            tokens[h] -= ta[i, j]
+            tokens[l] += ta[i, j]
+            patches[h] -= pa[i, j]
+            patches[l] += pa[i, j]
+        for b, m in zip(ids.tolist(), members):
+            replaced[b] = m
+    counts = batches.counts().copy()
+    for b, m in replaced.items():
+        counts[b] = len(m)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    items = np.empty(int(offsets[-1]), dtype=batches.items.dtype)
+    keep = np.ones(len(batches), dtype=bool)
+    keep[list(replaced)] = False
+    kept = np.flatnonzero(keep)
+    old = batches.take(kept)
+    positions = np.repeat(offsets[kept] - old.offsets[:-1], old.counts()) + np.arange(len(old.items))
+    items[positions] = old.items
+    for b, m in replaced.items():
+        items[offsets[b]:offsets[b + 1]] = m
+    return Batches(items, offsets, batches.keys.copy())

@@ -27,7 +27,7 @@ from torch.utils.data import Sampler
 
 from ..errors import InvalidOptionError, SampleTooLongError
 from . import mixture
-from .plan import Batches, CostModel, auto_window, fit_world_size, group_steps, pack_epoch
+from .plan import Batches, CostModel, auto_window, fit_world_size, group_steps, pack_epoch, rebalance
 from .sizes import SizeTable
 
 __all__ = ["BudgetBatchSampler", "EpochPlan", "STATE_FORMAT"]
@@ -181,7 +181,9 @@ class BudgetBatchSampler(Sampler[list[int]]):
                        world_size: int) -> tuple[Batches, np.ndarray, Batches]:
         """(batches fitted to a multiple of ``world_size``, their steps x ranks ids, dropped batches)."""
         fitted, dropped = fit_world_size(batches, world_size, self.drop_remainder)
-        return fitted, group_steps(fitted.totals(costs), fitted.keys, world_size), dropped
+        steps = group_steps(fitted.totals(costs), fitted.keys, world_size)
+        fitted = rebalance(fitted, steps, costs, self._sizes, self.max_tokens, self.max_patches)
+        return fitted, steps, dropped
 
     # ---- iteration ------------------------------------------------------------------------------
 
