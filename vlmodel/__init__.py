@@ -1,4 +1,4 @@
-"""vlmodel: one compact Qwen2-VL / Qwen2.5-VL / Qwen3-VL(-MoE) / Qwen3.5(-MoE) in plain PyTorch.
+"""vlmodel: one compact Qwen-VL / Qwen2-VL / Qwen2.5-VL / Qwen3-VL(-MoE) / Qwen3.5(-MoE) in plain PyTorch.
 
 A family is a set of configuration fields, not a class: every difference between the
 checkpoints (attention biases, q/k norm, rotary layout, window attention, DeepStack,
@@ -15,7 +15,9 @@ Read in this order:
    packed rows, the loss);
 6. ``weights``, ``loading``: checkpoint names per family, then files into the model;
 7. ``generate``: prefill + cached decoding;
-8. ``quant``: GPTQ / AWQ / compressed-tensors checkpoints, their linear layers kept packed.
+8. ``quant``: GPTQ / AWQ / compressed-tensors checkpoints, their linear layers kept packed;
+9. ``qwen_vl_vision``, ``qwen_vl``: the first generation (Qwen-VL / Qwen-VL-Chat), whose ViT +
+   Resampler and ``<img>`` spans differ from the rest; its decoder is the same ``TextModel``.
 
 Loads original Hugging Face checkpoints and reproduces transformers' logits; no
 transformers import at run time.
@@ -27,9 +29,12 @@ from .decoder import Cache
 from .generate import generate, sample_next, stream
 from .loading import CheckpointError, from_pretrained
 from .model import Output, Qwen2VL, VLModel
+from .qwen_vl import ImageSpanError, QwenVLModel
 
 __all__ = [
     "FAMILIES",
+    "ImageSpanError",
+    "QwenVLModel",
     "Cache",
     "CheckpointError",
     "ConfigError",

@@ -41,6 +41,8 @@ def model_inputs(messages: list[dict], tokenizer, config, system: str | None = N
 
     vc = config.vision
     extra = {} if system is None else {"system_prompt": system}
+    if config.vision_kind == "resampler":  # Qwen-VL: fixed-size images, its own prompt and tokenizer
+        return build_inputs(messages, tokenizer, model_type=config.input_type, image_size=vc.image_size, **extra)
     return build_inputs(
         messages, tokenizer, model_type=config.input_type, **extra,
         tokens_per_second=vc.tokens_per_second, patch_size=vc.patch_size,
@@ -48,9 +50,11 @@ def model_inputs(messages: list[dict], tokenizer, config, system: str | None = N
     )
 
 
-def stop_ids(model_dir: str, config) -> list[int]:
-    """eos ids from generation_config.json when present (chat models stop at <|im_end|>), else config.json."""
+def stop_ids(model_dir: str, config, tokenizer=None) -> list[int]:
+    """eos ids from generation_config.json when present (chat models stop at <|im_end|>), else config.json;
+    Qwen-VL-Chat also stops at <|im_end|> / <|im_start|> (its chat's stop words)."""
     ids = list(config.eos_token_id)
+    ids += [getattr(tokenizer, name) for name in ("im_end_id", "im_start_id") if hasattr(tokenizer, name)]
     path = os.path.join(model_dir, "generation_config.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
@@ -62,7 +66,8 @@ def stop_ids(model_dir: str, config) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vlmodel", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint directory (config.json, *.safetensors, tokenizer.json or Qwen-VL's qwen.tiktoken)")
     p.add_argument("--image", action="append", default=[], help="image path or URL (repeatable)")
     p.add_argument("--video", action="append", default=[], help="video path or URL (repeatable)")
     p.add_argument("--prompt", required=True)
@@ -80,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
-    import tokenizers
     import vlmodel
+    from vlutils import load_tokenizer
+    from vlutils.errors import TokenizerError
 
-    tok_path = os.path.join(args.model, "tokenizer.json")
-    if not os.path.exists(tok_path):
-        raise SystemExit(f"{tok_path} not found")
-    tokenizer = tokenizers.Tokenizer.from_file(tok_path)
+    try:
+        tokenizer = load_tokenizer(args.model)  # tokenizer.json, or Qwen-VL's qwen.tiktoken
+    except TokenizerError as exc:
+        raise SystemExit(str(exc)) from None
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     if dtype is None and args.device == "cpu":
         quantized = vlmodel.ModelConfig.from_file(args.model).quantization is not None
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
             "second_per_grid_ts", "position_ids", "rope_deltas")
     media = {k: inputs[k].to(args.device) for k in keys if inputs.get(k) is not None}
+    if "rope_deltas" not in media:  # 1-D positions (Qwen-VL): the model derives them from the mask
+        media.pop("position_ids", None)
     ids = inputs["input_ids"].to(args.device)
 
     answer: list[int] = []
@@ -108,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     stream = vlmodel.stream(
         model, ids, **media, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
         temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        stop_token_ids=stop_ids(args.model, cfg),
+        stop_token_ids=stop_ids(args.model, cfg, tokenizer),
     )
-    stops = set(stop_ids(args.model, cfg))
+    stops = set(stop_ids(args.model, cfg, tokenizer))
     for token in stream:
         if t_first is None:
             t_first = time.perf_counter()
@@ -125,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = text
     sys.stdout.write(tokenizer.decode(answer, skip_special_tokens=True)[len(shown):] + "\n")
     t_end = time.perf_counter()
-    visual = int(((ids == cfg.image_token_id) | (ids == cfg.video_token_id)).sum())
+    if cfg.vision_kind == "resampler":  # num_queries positions after each <img>
+        visual = int((ids == cfg.vision_start_token_id).sum()) * cfg.vision.num_queries
+    else:
+        visual = int(((ids == cfg.image_token_id) | (ids == cfg.video_token_id)).sum())
     decode_s = t_end - (t_first or t_end)
     rate = (len(answer) - 1) / decode_s if len(answer) > 1 and decode_s > 0 else float("nan")
     print(

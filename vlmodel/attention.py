@@ -76,6 +76,8 @@ class Attention(nn.Module):
         cos, sin = ctx.cos.unsqueeze(1), ctx.sin.unsqueeze(1)  # broadcast over heads
         q = apply_rotary(q.transpose(1, 2), cos, sin)
         k = apply_rotary(k.transpose(1, 2), cos, sin)
+        if ctx.query_scale is not None:  # log-n scaling (Qwen-VL)
+            q = q * ctx.query_scale
         if state is not None:
             k, v = state.update(k, v, ctx.past)
         # Grouped-query attention: query head h reads key/value head h // group.

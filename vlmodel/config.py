@@ -7,6 +7,10 @@ shape...).  What ``config.json`` does not spell out (Qwen2's q/k/v bias, which n
 ViT uses...) comes from the per-family defaults in :data:`FAMILIES`; the model code never
 asks which family it is.
 
+Qwen-VL / Qwen-VL-Chat (2023, ``qwen_vl``) keeps its original remote-code layout
+(``model_type: "qwen"`` with a ``visual`` dict): :func:`_parse_qwen_vl` maps it onto the same
+fields (plus its own: dynamic NTK, log-n scaling, the Resampler's query count).
+
 Layouts accepted: the flat hub layout of the released Qwen2-VL / Qwen2.5-VL checkpoints
 (text fields at the top level, ``rope_scaling``), and the nested layout of recent
 transformers (``text_config`` / ``vision_config``, 5.x ``rope_parameters``).
@@ -15,6 +19,7 @@ transformers (``text_config`` / ``vision_config``, 5.x ``rope_parameters``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +78,8 @@ class VisionConfig:
     deepstack_visual_indexes: list[int] = field(default_factory=list)  # blocks feeding extra mergers (Qwen3-VL)
     rope_theta: float = 10000.0
     tokens_per_second: float = 2.0
+    image_size: int = 0  # Qwen-VL: every image is resized to image_size x image_size
+    num_queries: int = 0  # Qwen-VL: the Resampler's learned queries = tokens per image
 
     @property
     def head_dim(self) -> int:
@@ -117,6 +124,12 @@ class TextConfig:
     mlp_only_layers: list[int] = field(default_factory=list)
     # gated DeltaNet (linear_attention layers)
     linear: dict[str, Any] = field(default_factory=dict)
+    mlp_bias: bool = False
+    # Qwen-VL (Qwen-7B): at inference, prompts longer than seq_length get a larger RoPE base
+    # (dynamic NTK, fixed at prefill) and queries past seq_length are scaled by log_seq_length(position)
+    use_dynamic_ntk: bool = False
+    use_logn_attn: bool = False
+    seq_length: int = 0
 
     @property
     def rotary_dim(self) -> int:
@@ -137,6 +150,10 @@ class ModelConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     eos_token_id: list[int] = field(default_factory=list)
+    # "merger": a native-resolution ViT whose merged patches fill image placeholder tokens (Qwen2-VL
+    # and later, vlmodel.model.VLModel); "resampler": fixed-size images, 256 Resampler vectors after
+    # each <img> token (Qwen-VL, vlmodel.qwen_vl.QwenVLModel)
+    vision_kind: str = "merger"
     quantization: dict[str, Any] | None = None  # config.json's quantization_config, read by vlmodel.quant
 
     @property
@@ -148,6 +165,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
         return _parse(raw)
+
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ModelConfig":
@@ -183,6 +201,8 @@ def _defaults(model_type: str, part: str) -> dict[str, Any]:
 
 def _parse(raw: dict[str, Any]) -> ModelConfig:
     model_type = raw.get("model_type")
+    if model_type in ("qwen", "qwen_vl") and isinstance(raw.get("visual"), dict):
+        return _parse_qwen_vl(raw)
     if model_type not in FAMILIES:
         raise ConfigError(f"config.json: model_type {model_type!r} is not one of {tuple(FAMILIES)}")
     text_raw = raw.get("text_config") or raw  # nested layout, else the flat hub layout
@@ -303,4 +323,83 @@ def _parse_vision(v: dict[str, Any], family: dict[str, Any]) -> VisionConfig:
         deepstack_visual_indexes=[int(i) for i in get("deepstack_visual_indexes") or []],
         rope_theta=float(rope.get("rope_theta", 10000.0)),
         tokens_per_second=float(v.get("tokens_per_second", 2)),
+    )
+
+
+# Qwen-VL's tokenizer numbers its special tokens after the BPE ranks: <|endoftext|>, <|im_start|>,
+# <|im_end|>, 205 extras, then <ref> </ref> <box> </box> <quad> </quad> <img> </img> <imgpad>.
+# config.json names only <img> ("image_start_id"); the others are at these offsets from it.
+QWEN_VL_ENDOFTEXT_OFFSET = -214
+QWEN_VL_IMAGE_END_OFFSET = 1
+QWEN_VL_IMAGE_PAD_OFFSET = 2
+
+
+def _parse_qwen_vl(raw: dict[str, Any]) -> ModelConfig:
+    """The original Qwen-VL / Qwen-VL-Chat ``config.json`` (``model_type: "qwen"`` with a ``visual`` dict).
+
+    The decoder is Qwen-7B's: fused ``c_attn`` with bias, ``c_proj`` biased unless ``no_bias``,
+    SwiGLU ``w1``/``w2``/``c_proj`` of ``intermediate_size // 2``, 1-D RoPE (ours with all
+    frequencies on the first position axis), dynamic NTK and log-n scaling when enabled.
+    """
+    v = raw["visual"]
+    hidden = int(_require(raw, "hidden_size", ""))
+    heads = int(_require(raw, "num_attention_heads", ""))
+    kv_channels = int(raw.get("kv_channels", hidden // heads))
+    if kv_channels * heads != hidden:
+        raise ConfigError(f"config.json: kv_channels * num_attention_heads ({kv_channels} * {heads}) must equal "
+                          f"hidden_size {hidden} (the original splits c_attn by hidden_size)")
+    output_dim = int(_require(v, "output_dim", "visual."))
+    if output_dim != hidden or output_dim % 128:
+        raise ConfigError(f"config.json: visual.output_dim {output_dim} must equal hidden_size {hidden} "
+                          "and be a multiple of 128 (the Resampler has output_dim // 128 heads)")
+    num_queries = int(v.get("n_queries", 256))
+    if math.isqrt(num_queries) ** 2 != num_queries:
+        raise ConfigError(f"config.json: visual.n_queries {num_queries} must be a square")
+    no_bias = bool(raw.get("no_bias", True))
+    layers = int(_require(raw, "num_hidden_layers", ""))
+    text = TextConfig(
+        vocab_size=int(_require(raw, "vocab_size", "")),
+        hidden_size=hidden,
+        intermediate_size=int(_require(raw, "intermediate_size", "")) // 2,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=kv_channels,
+        rms_norm_eps=float(raw.get("layer_norm_epsilon", 1e-6)),
+        rope_theta=float(raw.get("rotary_emb_base", 10000)),
+        mrope_section=[int(kv_channels * float(raw.get("rotary_pct", 1.0))) // 2, 0, 0],
+        partial_rotary_factor=float(raw.get("rotary_pct", 1.0)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        qkv_bias=True,
+        o_bias=not no_bias,
+        mlp_bias=not no_bias,
+        layer_types=["full_attention"] * layers,
+        use_dynamic_ntk=bool(raw.get("use_dynamic_ntk", False)),
+        use_logn_attn=bool(raw.get("use_logn_attn", False)),
+        seq_length=int(raw.get("seq_length", 2048)),
+    )
+    width = int(_require(v, "width", "visual."))
+    vision = VisionConfig(
+        depth=int(_require(v, "layers", "visual.")),
+        width=width,
+        num_heads=int(_require(v, "heads", "visual.")),
+        mlp_dim=int(width * float(v.get("mlp_ratio", 4.0))),
+        out_dim=output_dim,
+        hidden_act="gelu",
+        patch_size=int(_require(v, "patch_size", "visual.")),
+        image_size=int(_require(v, "image_size", "visual.")),
+        num_queries=num_queries,
+    )
+    start = int(_require(v, "image_start_id", "visual."))
+    return ModelConfig(
+        model_type="qwen_vl",
+        text=text,
+        vision=vision,
+        image_token_id=start + QWEN_VL_IMAGE_PAD_OFFSET,
+        video_token_id=-1,  # no videos in this generation
+        vision_start_token_id=start,
+        vision_end_token_id=start + QWEN_VL_IMAGE_END_OFFSET,
+        eos_token_id=_as_list(raw.get("eos_token_id", start + QWEN_VL_ENDOFTEXT_OFFSET)),
+        vision_kind="resampler",
+        quantization=raw.get("quantization_config"),  # Qwen-VL-Chat-Int4: GPTQ
     )

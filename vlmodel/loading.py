@@ -19,13 +19,16 @@ import os
 
 import torch
 
+from torch import nn
+
 from vlutils.clitext import install_hint
 
 from .config import ModelConfig
 from .model import VLModel
 from .quant import install as install_quantized
 from .quant import read_format
-from .weights import canonical_name, checkpoint_name, fuse_experts, unused
+from .qwen_vl import QwenVLModel
+from .weights import canonical_name, checkpoint_name, fuse_experts, split_fused_qkv, unused
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,16 @@ def read_state_dict(path: str, model_type: str | None = None) -> dict[str, torch
     return tensors
 
 
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model for ``config``: :class:`QwenVLModel` (ViT + Resampler, Qwen-VL) or :class:`VLModel`."""
+    return QwenVLModel(config) if config.vision_kind == "resampler" else VLModel(config)
+
+
 def from_pretrained(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> VLModel:
+) -> VLModel | QwenVLModel:
     """Build the model described by ``path/config.json`` and load its weights.
 
     ``dtype=None`` keeps the dtype stored in the files; ``device=None`` means CPU.
@@ -92,7 +100,11 @@ def from_pretrained(
     quant_format = read_format(config.quantization)
     tensors = read_state_dict(path, config.model_type)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = VLModel(config)
+        model = build_model(config)
+    try:
+        tensors = split_fused_qkv(tensors)  # Qwen-VL's c_attn, float or quantized
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
     target = torch.device(device) if device is not None else torch.device("cpu")
     quantized: list[str] = []
     if quant_format is not None:  # packed layers are built now, from their own tensors (popped from `tensors`)
@@ -104,7 +116,8 @@ def from_pretrained(
         tensors = fuse_experts(tensors, {k: v.shape for k, v in expected.items()})
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
-    show = lambda names: [checkpoint_name(n, config.model_type) for n in names]  # noqa: E731
+    # checkpoint names, once each (Qwen-VL's q/k/v_proj all come from one c_attn)
+    show = lambda names: sorted({checkpoint_name(n, config.model_type) for n in names})  # noqa: E731
     tied = config.text.tie_word_embeddings
     if tied:
         expected.pop("lm_head.weight")
@@ -115,9 +128,9 @@ def from_pretrained(
     if unknown or missing:
         parts = [f"checkpoint {path} does not match its config ({config.model_type})"]
         if missing:
-            parts.append(f"missing {len(missing)} tensors: {_listing(show(missing))}")
+            parts.append(f"missing {len(show(missing))} tensors: {_listing(show(missing))}")
         if unknown:
-            parts.append(f"unknown {len(unknown)} tensors: {_listing(show(unknown))}")
+            parts.append(f"unknown {len(show(unknown))} tensors: {_listing(show(unknown))}")
         raise CheckpointError("; ".join(parts))
     wrong = [f"{checkpoint_name(k, config.model_type)} {tuple(tensors[k].shape)} != {tuple(v.shape)}"
              for k, v in expected.items() if tensors[k].shape != v.shape]

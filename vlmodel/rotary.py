@@ -38,10 +38,12 @@ def frequency_axes(cfg: TextConfig, device: torch.device | None = None) -> torch
     return axes
 
 
-def rope_tables(cfg: TextConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inverse frequencies, the axis of each frequency): fixed per model, cached by the decoder."""
+def rope_tables(cfg: TextConfig, device: torch.device, theta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse frequencies, the axis of each frequency): fixed per model (and per dynamic-NTK base
+    ``theta``, default ``cfg.rope_theta``), cached by the decoder."""
     half = cfg.rotary_dim // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
+    theta = cfg.rope_theta if theta is None else theta
+    inv_freq = 1.0 / (theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
     return inv_freq, frequency_axes(cfg, device)
 
 

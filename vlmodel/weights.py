@@ -49,6 +49,21 @@ TABLES: dict[str, tuple[Rename, ...]] = {
     "qwen3_vl_moe": (),
     "qwen3_5": (),
     "qwen3_5_moe": (),
+    # Qwen-VL: the original remote code's names (Qwen-7B decoder under "transformer.", its ViT +
+    # Resampler under "transformer.visual." keeping their own names).  c_attn is fused q/k/v:
+    # renamed to qkv_proj here, split by split_fused_qkv.  The MLP computes w1(x) * silu(w2(x)).
+    "qwen_vl": (
+        Rename("transformer.wte.", "model.embed_tokens."),
+        Rename("transformer.ln_f.", "model.norm."),
+        Rename("transformer.h.*.ln_1.", "model.layers.*.input_layernorm."),
+        Rename("transformer.h.*.ln_2.", "model.layers.*.post_attention_layernorm."),
+        Rename("transformer.h.*.attn.c_attn.", "model.layers.*.self_attn.qkv_proj."),
+        Rename("transformer.h.*.attn.c_proj.", "model.layers.*.self_attn.o_proj."),
+        Rename("transformer.h.*.mlp.w1.", "model.layers.*.mlp.up_proj."),
+        Rename("transformer.h.*.mlp.w2.", "model.layers.*.mlp.gate_proj."),
+        Rename("transformer.h.*.mlp.c_proj.", "model.layers.*.mlp.down_proj."),
+        Rename("transformer.visual.", "visual."),
+    ),
 }
 
 
@@ -84,8 +99,38 @@ def canonical_name(name: str, model_type: str | None = None) -> str:
     return name
 
 
+_FUSED_QKV = re.compile(r"^(.*\.self_attn)\.qkv_proj\.(\w+)$")
+# How each tensor of a fused q/k/v layer splits into three: along the output rows of a float
+# weight or bias, along the output columns of GPTQ / AWQ packed tensors (qweight (in, out),
+# qzeros (groups, out * bits / 32), scales (groups, out)); g_idx (one group per input) is shared.
+_QKV_SPLIT_DIM = {"weight": 0, "bias": 0, "qweight": 1, "qzeros": 1, "scales": 1, "g_idx": None}
+
+
+def split_fused_qkv(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Split every fused ``self_attn.qkv_proj`` (Qwen-VL's ``c_attn``: [q; k; v]) into q/k/v_proj,
+    float or GPTQ/AWQ-packed."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        match = _FUSED_QKV.match(name)
+        if not match:
+            out[name] = tensor
+            continue
+        prefix, kind = match.groups()
+        if kind not in _QKV_SPLIT_DIM:
+            raise ValueError(f"{name}: cannot split a fused q/k/v tensor of kind {kind!r}")
+        dim = _QKV_SPLIT_DIM[kind]
+        if dim is not None and tensor.shape[dim] % 3:
+            raise ValueError(f"{name}: fused q/k/v with {tensor.shape[dim]} outputs (not a multiple of 3)")
+        parts = (tensor,) * 3 if dim is None else tensor.chunk(3, dim=dim)
+        for part, chunk in zip(("q_proj", "k_proj", "v_proj"), parts):
+            out[f"{prefix}.{part}.{kind}"] = chunk.contiguous()
+    return out
+
+
 def checkpoint_name(name: str, model_type: str) -> str:
     """The flat checkpoint name of one of our tensors (for error messages)."""
+    if model_type == "qwen_vl":  # q/k/v come from one fused tensor
+        name = re.sub(r"\.self_attn\.[qkv]_proj\.", ".self_attn.qkv_proj.", name)
     for rename in TABLES.get(model_type, ()):
         name = _apply(name, rename.ours, rename.checkpoint)
     return name
