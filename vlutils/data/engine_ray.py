@@ -50,7 +50,9 @@ def init_ray():
         if address is None:
             notice.setLevel(logging.ERROR)
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+            # "local" starts a private Ray: address=None would join whatever cluster `ray start` last left on
+            # this machine (another user's job, or a test cluster that is about to stop).
+            ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
                      include_dashboard=False, configure_logging=False)
         finally:
             notice.setLevel(level)
