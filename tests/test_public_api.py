@@ -20,6 +20,7 @@ PUBLIC_API = [
     "build_inputs", "cache", "calculate_video_frame_range", "ceil_by_factor", "count_tokens",
     "decode_position_ids", "expand_placeholders", "extract_vision_info", "fetch_image", "fetch_video",
     "floor_by_factor", "format_chat", "get_preset", "get_rope_index", "get_video_reader_backend", "grounding",
+    "load_tokenizer",  # issue 20: qwen.tiktoken files, tokenizer.json files and folders
     "patchify", "patchify_image", "patchify_video", "policy", "process_vision_info", "processor_inputs",
     "round_by_factor", "set_cache", "set_policy", "smart_nframes", "smart_resize", "to_rgb",
 ]
