@@ -34,16 +34,17 @@ class Output:
     rope_deltas: torch.Tensor | None = None  # (B, 1): decode position = sequence index + delta
 
 
-class VLModel(nn.Module):
-    """Every family; what differs is in ``config`` (see ``vlmodel.config``)."""
+class VLModelBase(nn.Module):
+    """What every family's model shares (decoder, head, loss, generation), so each family class
+    holds only its own vision tower, image placement and positions."""
 
     # transformers' Trainer passes num_items_in_batch (the global label count) to a forward that accepts it
     accepts_loss_kwargs = True
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, visual: nn.Module):
         super().__init__()
         self.config = config
-        self.visual = VisionTransformer(config.vision)
+        self.visual = visual
         self.model = TextModel(config.text)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         if config.text.tie_word_embeddings:
@@ -56,6 +57,66 @@ class VLModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
+
+    @staticmethod
+    def check_peft_arguments(inputs_embeds, output_attentions, output_hidden_states) -> None:
+        """Only the unset values of the arguments peft always passes are accepted."""
+        if inputs_embeds is not None or output_attentions or output_hidden_states:
+            raise ValueError("vlmodel takes input_ids (not inputs_embeds) and returns logits only "
+                             "(no attentions or hidden states)")
+
+    @staticmethod
+    def check_packed(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, cache: Cache | None,
+                     attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``cu_seqlens`` checked against ``input_ids`` and moved to its device (packed rows: no cache, no padding)."""
+        if cache is not None:
+            raise ValueError("cu_seqlens (packed rows) cannot be combined with a cache")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("a packed row (cu_seqlens) has no padding; drop attention_mask or make it all ones")
+        return check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1]).to(input_ids.device)
+
+    @staticmethod
+    def check_logits_to_keep(labels: torch.Tensor | None, logits_to_keep: int) -> None:
+        """``labels`` need every position's logits."""
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep")
+
+    def logits_and_loss(self, hidden: torch.Tensor, labels: torch.Tensor | None, logits_to_keep: int,
+                        cu_seqlens: torch.Tensor | None, num_items_in_batch: int | torch.Tensor | None,
+                        touch_vision: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (of the last ``logits_to_keep`` positions, or all) and the loss when ``labels`` are
+        given, plus :meth:`vision_zero_loss` when ``touch_vision`` (the caller: only on a batch without vision)."""
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens, num_items_in_batch)
+        if loss is not None and touch_vision:
+            loss = loss + self.vision_zero_loss()
+        return logits, loss
+
+    def vision_zero_loss(self) -> torch.Tensor:
+        """A scalar 0 whose backward reaches every vision parameter; each family runs its own tower."""
+        raise NotImplementedError
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        """The forward arguments for one step (what peft's ``PeftModelForCausalLM`` looks up);
+        vlmodel's own :meth:`generate` does not go through it."""
+        return {"input_ids": input_ids, **kwargs}
+
+    def new_cache(self, batch: int, max_len: int) -> Cache:
+        """A decoding cache for ``batch`` rows of up to ``max_len`` tokens (one state per layer)."""
+        return self.model.new_cache(batch, max_len, self.dtype, self.device)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """See :func:`vlmodel.generate.generate`."""
+        return generate(self, input_ids, **kwargs)
+
+
+class VLModel(VLModelBase):
+    """Every family; what differs is in ``config`` (see ``vlmodel.config``)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, VisionTransformer(config.vision))
 
     def rope_index(self, input_ids, image_grid_thw=None, video_grid_thw=None, attention_mask=None,
                    second_per_grid_ts=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,23 +218,16 @@ class VLModel(nn.Module):
         exist because peft's ``PeftModelForCausalLM`` always passes them: only their unset
         values (None/False; any ``return_dict``) are accepted.
         """
-        if inputs_embeds is not None or output_attentions or output_hidden_states:
-            raise ValueError("vlmodel takes input_ids (not inputs_embeds) and returns logits only "
-                             "(no attentions or hidden states)")
+        self.check_peft_arguments(inputs_embeds, output_attentions, output_hidden_states)
         past = cache.length if cache is not None else 0
         if cu_seqlens is not None:
-            if cache is not None:
-                raise ValueError("cu_seqlens (packed rows) cannot be combined with a cache")
-            if attention_mask is not None and not bool(attention_mask.all()):
-                raise ValueError("a packed row (cu_seqlens) has no padding; drop attention_mask or make it all ones")
-            cu_seqlens = check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1]).to(input_ids.device)
+            cu_seqlens = self.check_packed(input_ids, cu_seqlens, cache, attention_mask)
             attention_mask = None
             if position_ids is None:
                 position_ids = packed_rope_index(
                     self.config, input_ids, cu_seqlens, image_grid_thw, video_grid_thw, second_per_grid_ts
                 )
-        if labels is not None and logits_to_keep:
-            raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep")
+        self.check_logits_to_keep(labels, logits_to_keep)
         if position_ids is None and past and rope_deltas is None:
             raise ValueError("after a cached prefix, pass the prefill's rope_deltas (or explicit position_ids)")
         if position_ids is None:
@@ -191,18 +245,9 @@ class VLModel(nn.Module):
         )
         hidden = self.model(embeds, position_ids.to(embeds.device), attention_mask, cache, cu_seqlens,
                             visual_mask, deepstack)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens, num_items_in_batch)
-        if loss is not None and touch_vision and pixel_values is None and pixel_values_videos is None:
-            loss = loss + self.vision_zero_loss()
+        touch_vision = touch_vision and pixel_values is None and pixel_values_videos is None
+        logits, loss = self.logits_and_loss(hidden, labels, logits_to_keep, cu_seqlens, num_items_in_batch, touch_vision)
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
-
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
-        """The forward arguments for one step (what peft's ``PeftModelForCausalLM`` looks up);
-        vlmodel's own :meth:`generate` does not go through it."""
-        return {"input_ids": input_ids, **kwargs}
 
     def vision_zero_loss(self) -> torch.Tensor:
         """0 x the vision tower's output on one smallest dummy image (merge x merge patches of
@@ -215,14 +260,6 @@ class VLModel(nn.Module):
         features, deepstack = self.visual(pixels, grid)
         total = features.float().sum() + sum((d.float().sum() for d in deepstack or []), torch.zeros((), device=weight.device))
         return total * 0.0
-
-    def new_cache(self, batch: int, max_len: int) -> Cache:
-        """A decoding cache for ``batch`` rows of up to ``max_len`` tokens (one state per layer)."""
-        return self.model.new_cache(batch, max_len, self.dtype, self.device)
-
-    def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
-        """See :func:`vlmodel.generate.generate`."""
-        return generate(self, input_ids, **kwargs)
 
 
 def next_token_loss(

@@ -16,13 +16,10 @@ families.  Module names: ``visual.*`` (the original's ``transformer.visual.*``),
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .attention import check_cu_seqlens
 from .config import ModelConfig
-from .decoder import Cache, TextModel
-from .generate import generate
-from .model import Output, next_token_loss
+from .decoder import Cache
+from .model import Output, VLModelBase
 from .qwen_vl_chat import chat
 from .qwen_vl_vision import QwenVLVisual
 
@@ -31,28 +28,11 @@ class ImageSpanError(ValueError):
     """``input_ids`` and ``pixel_values`` disagree about the images (count, or a malformed span)."""
 
 
-class QwenVLModel(nn.Module):
+class QwenVLModel(VLModelBase):
     """The ``qwen_vl`` family: same calling conventions as :class:`vlmodel.model.VLModel`."""
 
-    # transformers' Trainer passes num_items_in_batch (the global label count) to a forward that accepts it
-    accepts_loss_kwargs = True
-
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.visual = QwenVLVisual(config.vision)
-        self.model = TextModel(config.text)
-        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
-        if config.text.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        super().__init__(config, QwenVLVisual(config.vision))
 
     def image_starts(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(row, index) of every ``<img>`` token, in prompt order (row by row), each checked to be
@@ -122,20 +102,13 @@ class QwenVLModel(nn.Module):
         ``num_items_in_batch``, ``touch_vision`` and the peft arguments (``inputs_embeds``...) as there.
         The grid/video arguments exist for the shared generation loop and must stay ``None``.
         """
-        if inputs_embeds is not None or output_attentions or output_hidden_states:
-            raise ValueError("vlmodel takes input_ids (not inputs_embeds) and returns logits only "
-                             "(no attentions or hidden states)")
+        self.check_peft_arguments(inputs_embeds, output_attentions, output_hidden_states)
         if any(x is not None for x in (image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts)):
             raise ValueError("qwen_vl takes images as pixel_values (images, 3, S, S) only: no grids, no videos")
         past = cache.length if cache is not None else 0
-        if labels is not None and logits_to_keep:
-            raise ValueError("labels need the logits of every position; do not combine them with logits_to_keep")
+        self.check_logits_to_keep(labels, logits_to_keep)
         if cu_seqlens is not None:
-            if cache is not None:
-                raise ValueError("cu_seqlens (packed rows) cannot be combined with a cache")
-            if attention_mask is not None and not bool(attention_mask.all()):
-                raise ValueError("a packed row (cu_seqlens) has no padding; drop attention_mask or make it all ones")
-            cu_seqlens = check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1]).to(input_ids.device)
+            cu_seqlens = self.check_packed(input_ids, cu_seqlens, cache, attention_mask)
             attention_mask = None
             if position_ids is None:
                 position_ids = packed_positions(cu_seqlens, input_ids.shape[1])[None]
@@ -146,12 +119,8 @@ class QwenVLModel(nn.Module):
         embeds = self.embed(input_ids, pixel_values, strict=past == 0)
         positions = position_ids.to(embeds.device).unsqueeze(0).expand(3, -1, -1)
         hidden = self.model(embeds, positions, attention_mask, cache, cu_seqlens)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        loss = None if labels is None else next_token_loss(logits, labels, cu_seqlens, num_items_in_batch)
-        if loss is not None and touch_vision and pixel_values is None:
-            loss = loss + self.vision_zero_loss()
+        logits, loss = self.logits_and_loss(hidden, labels, logits_to_keep, cu_seqlens, num_items_in_batch,
+                                            touch_vision and pixel_values is None)
         return Output(logits=logits, loss=loss, rope_deltas=rope_deltas)
 
     def vision_zero_loss(self) -> torch.Tensor:
@@ -161,10 +130,6 @@ class QwenVLModel(nn.Module):
         side = self.config.vision.patch_size
         pixels = torch.zeros(1, self.config.vision.in_channels, side, side, dtype=weight.dtype, device=weight.device)
         return self.visual(pixels).float().sum() * 0.0
-
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
-        """The forward arguments for one step (what peft's ``PeftModelForCausalLM`` looks up)."""
-        return {"input_ids": input_ids, **kwargs}
 
     @staticmethod
     def positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past: int,
@@ -182,10 +147,6 @@ class QwenVLModel(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
         return pos, pos[:, -1:] + 1 - length
 
-    def new_cache(self, batch: int, max_len: int) -> Cache:
-        """A decoding cache for ``batch`` rows of up to ``max_len`` tokens."""
-        return self.model.new_cache(batch, max_len, self.dtype, self.device)
-
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         """The new tokens (B, T); see :func:`vlmodel.generate.generate` (``pixel_values`` for the images).
 
@@ -196,7 +157,7 @@ class QwenVLModel(nn.Module):
         if positions is not None and kwargs.get("rope_deltas") is None:
             positions = positions[0] if positions.ndim == 3 else positions
             kwargs["rope_deltas"] = positions[:, -1:] + 1 - positions.shape[1]
-        return generate(self, input_ids, **kwargs)
+        return super().generate(input_ids, **kwargs)
 
     def chat(self, tokenizer, query: str, history: list | None = None, **kwargs) -> tuple[str, list]:
         """The original ``model.chat``: ``(response, history)``; see :func:`vlmodel.qwen_vl_chat.chat`."""
