@@ -1,6 +1,6 @@
 """The bounded thread pool that fetches the items of a message (and the frames of a frame-list
 video) in parallel: results in input order, the caller's context carried into the threads, and
-a failure raised as soon as it happens."""
+the first failure in input order raised without waiting for the items after it."""
 
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ def run_parallel(fn: Callable[[T], R], items: Sequence[T], io_bound: bool = Fals
     """``[fn(item) for item in items]`` in a bounded thread pool, results in input order.
 
     Each task runs in a copy of the caller's context, so a ``vlutils.policy.use(...)`` block
-    (a contextvar) reaches the worker threads. As soon as one item fails, the earliest (in
-    input order) of the items that have failed by then raises: siblings still downloading are
-    not waited for (each is bounded by its own timeouts and ends in the background) and queued
-    ones are cancelled. ``io_bound`` (some items are downloads) allows a few threads more than
+    (a contextvar) reaches the worker threads. When an item fails, the items before it (already
+    started: the queue is FIFO) are waited for and the first failure in input order raises;
+    later siblings still downloading are not waited for (each is bounded by its own timeouts and
+    ends in the background) and queued ones are cancelled. ``io_bound`` (some items are downloads) allows a few threads more than
     there are cores.
     """
     if len(items) <= 1:
@@ -50,9 +50,14 @@ def run_parallel(fn: Callable[[T], R], items: Sequence[T], io_bound: bool = Fals
     try:
         futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            if future in done and future.exception() is not None:
-                raise future.exception()
+        failed = [i for i, future in enumerate(futures) if future in done and future.exception() is not None]
+        if failed:
+            # The queue is FIFO, so every earlier item has started: let those finish, then the error raised is
+            # the first in input order whatever the threads' timing (the same input always names the same item).
+            wait(futures[:failed[0]])
+            for future in futures[:failed[0] + 1]:
+                if future.exception() is not None:
+                    raise future.exception()
         return [future.result() for future in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
