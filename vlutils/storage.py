@@ -34,12 +34,12 @@ import re
 import secrets
 import threading
 import urllib.parse
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 __all__ = [
     "StorageError", "StorageNotFoundError", "OPTION_KEYS", "is_remote", "is_uri", "check_location", "resolve",
     "join", "parent", "basename", "exists", "size", "delete", "makedirs", "list_dir", "read_bytes", "read_text",
-    "open_input", "open_input_stream", "iter_lines", "write_atomic", "put_file", "download", "remove_temporaries",
+    "open_input", "open_input_stream", "iter_lines", "atomic_output", "write_atomic", "put_file", "download", "remove_temporaries",
     "open_local_or_download", "parse_storage_options", "storage_options_from_env", "use_storage_options",
 ]
 
@@ -423,30 +423,38 @@ def _temporary(location: str) -> str:
     return f"{location}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def write_atomic(location: str, data: bytes, *, storage_options: Mapping[str, str] | None = None) -> None:
-    """Write ``data`` so that ``location`` holds either its old content or all of ``data``, never a part."""
+@contextlib.contextmanager
+def atomic_output(location: str, *, storage_options: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """A writable binary stream whose content appears under ``location`` only when the block ends without an
+    error: the one atomic-write primitive (shards, reports, manifests).
+
+    Local: a temporary file, fsynced, renamed (and the folder fsynced). Object store: a (multipart) upload to a
+    temporary key, then a server-side copy to the final key and a delete, so a reader sees the whole object or
+    none (S3 has no rename; a commit marker would make every reader check for it). An error inside the block
+    leaves the old content, and at most a temporary that :func:`remove_temporaries` clears."""
     kind, path = _split(location)
     if kind == "local":
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = _temporary(path)
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
             _fsync_dir(os.path.dirname(path))
         except OSError as exc:
+            raise StorageError(f"cannot write: {exc.strerror or exc}", location) from None
+        finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise StorageError(f"cannot write: {exc.strerror or exc}", location) from None
         return
     fs, key = resolve(location, storage_options)
     tmp_key = _temporary(key)
     try:
         with _errors(location):
             with fs.open_output_stream(tmp_key, metadata={}) as out:
-                out.write(data)
+                yield out
             fs.move(tmp_key, key)  # server-side copy to the final key, then delete the temporary
     finally:
         with contextlib.suppress(Exception):
@@ -454,37 +462,19 @@ def write_atomic(location: str, data: bytes, *, storage_options: Mapping[str, st
                 fs.delete_file(tmp_key)
 
 
+def write_atomic(location: str, data: bytes, *, storage_options: Mapping[str, str] | None = None) -> None:
+    """Write ``data`` so that ``location`` holds either its old content or all of ``data``, never a part."""
+    with atomic_output(location, storage_options=storage_options) as out:
+        out.write(data)
+
+
 def put_file(local_path: str, location: str, *, storage_options: Mapping[str, str] | None = None) -> int:
     """Copy a local file to ``location`` atomically (streamed, for files too big to hold twice); returns bytes."""
-    kind, path = _split(location)
-    total = os.path.getsize(local_path)
-    if kind == "local":
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = _temporary(path)
-        try:
-            with open(local_path, "rb") as src, open(tmp, "wb") as out:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return total
-    fs, key = resolve(location, storage_options)
-    tmp_key = _temporary(key)
-    try:
-        with _errors(location):
-            with open(local_path, "rb") as src, fs.open_output_stream(tmp_key, metadata={}) as out:
-                while chunk := src.read(8 * _CHUNK):
-                    out.write(chunk)
-            fs.move(tmp_key, key)
-    finally:
-        with contextlib.suppress(Exception):
-            if fs.get_file_info(tmp_key).type.name != "NotFound":
-                fs.delete_file(tmp_key)
+    total = 0
+    with open(local_path, "rb") as src, atomic_output(location, storage_options=storage_options) as out:
+        while chunk := src.read(8 * _CHUNK):
+            out.write(chunk)
+            total += len(chunk)
     return total
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import uuid
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from .. import storage
 
@@ -69,48 +67,6 @@ def remove_temporaries(out: str, storage_options: Mapping[str, str] | None = Non
                for folder in (out, storage.join(out, REPORTS)))
 
 
-@contextlib.contextmanager
-def atomic_output(location: str, storage_options: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """A writable binary stream whose content appears under ``location`` only when the block ends
-    without an error. Local: a temporary file, fsynced, renamed. Object store: a (multipart)
-    upload to a temporary key, then a server-side copy to the final key and a delete, so a
-    reader sees the whole object or none (S3 has no rename; a commit marker would make every
-    reader check for it)."""
-    tmp_name = f"{storage.TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    if not storage.is_remote(location):
-        filesystem, path = storage.resolve(location, storage_options=storage_options)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + tmp_name
-        try:
-            with open(tmp, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        return
-    filesystem, path = storage.resolve(location, storage_options=storage_options)
-    tmp = path + tmp_name
-    try:
-        with filesystem.open_output_stream(tmp) as handle:
-            yield handle
-        filesystem.copy_file(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            filesystem.delete_file(tmp)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ParquetShard:
     """Writes one shard's rows as they come, one row group at a time (a worker holds at most a row
     group of samples, never the whole shard). Nothing is visible until :meth:`close`."""
@@ -138,7 +94,7 @@ class ParquetShard:
 
         if self._writer is None:
             self._output = contextlib.ExitStack()
-            sink = self._output.enter_context(atomic_output(self.location, self.storage_options))
+            sink = self._output.enter_context(storage.atomic_output(self.location, storage_options=self.storage_options))
             self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
         columns = {name: [row.get(name) for row in self._group] for name in self.schema.names}
         self._writer.write_table(pa.table(columns, schema=self.schema), row_group_size=len(self._group))

@@ -82,6 +82,6 @@ def build_shard(plan: ShardPlan, context: ShardContext) -> dict:
     report = {"shard": plan.number, "file": name if writer.rows else None, "records": plan.records,
               "rows": writer.rows, "first": first, "last": last, "rejected": rejected, "stats": stats.data}
     data = (json.dumps(report, separators=(",", ":"), sort_keys=True) + "\n").encode()
-    with shards.atomic_output(shards.report_location(out, plan.number), options) as handle:
+    with storage.atomic_output(shards.report_location(out, plan.number), storage_options=options) as handle:
         handle.write(data)
     return report
