@@ -35,9 +35,9 @@ CLIPS = {f"clip{i}.mp4": (640, 360, 10) for i in range(4)}
 LONG = "h264_854x480_10min.mp4"
 
 
-def make_data(folder: Path, records: int, seed: int = 0, long_records: int = 8) -> Path:
-    """Source "mix": ~3/4 image records (1-2 photos of 1024x768), ~1/4 video records (10 s 640x360
-    clips). Source "long": ``long_records`` one-minute windows of a 10-minute 854x480 video."""
+def write_mix(folder: Path, records: int, seed: int = 0, name: str = "mix.jsonl") -> None:
+    """The image/video mixture both preparation benchmarks use: ~3/4 image records (1-2 noise
+    photos of 1024x768), ~1/4 video records (10 s 640x360 clips), media under ``folder/media``."""
     from PIL import Image
 
     import bench_video
@@ -45,14 +45,14 @@ def make_data(folder: Path, records: int, seed: int = 0, long_records: int = 8) 
     rng = random.Random(seed)
     media = folder / "media"
     media.mkdir(parents=True, exist_ok=True)
-    for name, (w, h, s) in CLIPS.items():
-        if not (media / name).exists():
-            bench_video.generate(media / name, w, h, s)
+    for clip, (w, h, s) in CLIPS.items():
+        if not (media / clip).exists():
+            bench_video.generate(media / clip, w, h, s, {})
     photos = []
     for i in range(24):
         path = media / f"photo{i}.jpg"
         if not path.exists():
-            Image.effect_noise((1024, 768), 30 + i).convert("RGB").resize((1024, 768)).save(path, quality=85)
+            Image.effect_noise((1024, 768), 30 + i).convert("RGB").save(path, quality=85)
         photos.append(path.name)
     lines = []
     for i in range(records):
@@ -65,7 +65,16 @@ def make_data(folder: Path, records: int, seed: int = 0, long_records: int = 8) 
             lines.append({"messages": [{"role": "user", "content": "<image>" * n + f"Describe picture {i}."},
                                        {"role": "assistant", "content": "Grey noise, nothing else."}],
                           "images": rng.sample(photos, n)})
-    (folder / "mix.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def make_data(folder: Path, records: int, seed: int = 0, long_records: int = 8) -> Path:
+    """Source "mix": ~3/4 image records (1-2 photos of 1024x768), ~1/4 video records (10 s 640x360
+    clips). Source "long": ``long_records`` one-minute windows of a 10-minute 854x480 video."""
+
+    import bench_video
+
+    write_mix(folder, records, seed)
     # one-minute windows of the 10-minute video (bench_video.py's file), 1 frame/s
     bench_video.ensure_media(HERE / "media", {LONG})
     long_lines = []

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import subprocess
@@ -38,42 +37,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "media" / "prepare_cluster"
 OUT = HERE / "out" / "prepare_cluster"
-CLIPS = {f"clip{i}.mp4": (640, 360, 10) for i in range(4)}
 QUIET_RAY = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def make_data(records: int, seed: int = 0) -> Path:
     """~3/4 image records (1-2 noise photos of 1024x768, resized to <= 401408 px), ~1/4 video
     records (10 s 640x360 clips at 2 fps, <= 100352 px a frame): about 2.5 MB of output each."""
-    from PIL import Image
-
     sys.path.insert(0, str(HERE))
-    import bench_video
+    from bench_prepare import write_mix
 
-    rng = random.Random(seed)
-    media = DATA / "media"
-    media.mkdir(parents=True, exist_ok=True)
-    for name, (w, h, s) in CLIPS.items():
-        if not (media / name).exists():
-            bench_video.generate(media / name, w, h, s, {})
-    photos = []
-    for i in range(24):
-        path = media / f"photo{i}.jpg"
-        if not path.exists():
-            Image.effect_noise((1024, 768), 30 + i).convert("RGB").save(path, quality=85)
-        photos.append(path.name)
-    lines = []
-    for i in range(records):
-        if i % 4 == 3:
-            lines.append({"messages": [{"role": "user", "content": f"<video>What happens in clip {i}?"},
-                                       {"role": "assistant", "content": "Colours move across a test pattern."}],
-                          "videos": [rng.choice(sorted(CLIPS))]})
-        else:
-            n = rng.choice([1, 1, 2])
-            lines.append({"messages": [{"role": "user", "content": "<image>" * n + f"Describe picture {i}."},
-                                       {"role": "assistant", "content": "Grey noise, nothing else."}],
-                          "images": rng.sample(photos, n)})
-    (DATA / f"mix{records}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    DATA.mkdir(parents=True, exist_ok=True)
+    write_mix(DATA, records, seed, name=f"mix{records}.jsonl")
     spec = {"model_type": "qwen2_vl", "shard_size": 16, "sources": [
         {"name": "mix", "path": f"mix{records}.jsonl", "format": "sharegpt", "media_dir": "media",
          "image": {"max_pixels": 1003520}, "video": {"fps": 2.0, "max_pixels": 200704}}]}
