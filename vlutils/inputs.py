@@ -18,6 +18,7 @@ import torch
 from .chat import FAMILY_DEFAULT, expand_placeholders, format_chat, qwen3_timestamps
 from .errors import InvalidMessageError, InvalidOptionError
 from .families import Family, get_family, model_types
+from .padding import pad_rows
 from .processor import get_preset, patchify
 from .rope import get_rope_index
 
@@ -299,15 +300,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def _tokenize_and_pad(texts: list[str], tokenizer: Any, side: str, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [_encode(tokenizer, text) for text in texts]
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for b, row in enumerate(rows):
-        cols = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-        input_ids[b, cols] = torch.tensor(row, dtype=torch.long)
-        attention_mask[b, cols] = 1
-    return input_ids, attention_mask
+    return pad_rows([_encode(tokenizer, text) for text in texts], pad_id, side)
 
 
 # The names these helpers had when they were private; kept so that code written against them

@@ -26,6 +26,7 @@ from .chat_qwen_vl import (
 )
 from .errors import InvalidMessageError, InvalidOptionError, SampleTooLongError, VisionInputError
 from .image_qwen_vl import DEFAULT_IMAGE_SIZE, check_image_size, load_qwen_vl_image, qwen_vl_transform
+from .padding import pad_rows
 from .tiktoken_qwen import IMG_TOKEN_SPAN, QwenTiktokenTokenizer
 
 __all__ = [
@@ -118,7 +119,7 @@ def build_qwen_vl_inputs(
             raise InvalidOptionError(f"{len(given)} image(s) given but the messages hold {sum(counts)}")
         sources = [(c, k, {"image": given[offsets[c] + k]}) for c, k, _ in sources]
     labelled = [((f"conversation {c}, " if batched else "") + f"image {k}", item) for c, k, item in sources]
-    input_ids, attention_mask = _pad(rows, pad_id, padding_side)
+    input_ids, attention_mask = pad_rows(rows, pad_id, padding_side)
     position_ids = attention_mask.cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
     return {
@@ -226,14 +227,3 @@ def _pixel_values(items: Sequence[tuple[str, dict]], size: int) -> torch.Tensor 
         except VisionInputError as exc:
             raise exc.with_position(where) from None
     return torch.stack(tensors) if tensors else None
-
-
-def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for b, row in enumerate(rows):
-        cols = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-        input_ids[b, cols] = torch.tensor(row, dtype=torch.long)
-        attention_mask[b, cols] = 1
-    return input_ids, attention_mask
