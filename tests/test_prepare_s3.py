@@ -80,7 +80,8 @@ def test_sigkill_with_output_in_s3_then_resume(s3_store, s3_data, tmp_path):
     command = [sys.executable, "-m", "vlutils", "prepare", spec, "--out", out, "--tokenizer", tokenizer,
                "--workers", "1", "--shard-size", "4"]
     env = {**os.environ, **s3_store.env, "PYTHONPATH": str(ROOT)}  # credentials from the AWS_* variables
-    process = subprocess.Popen(command + ["--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command + ["--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     reports = storage.join(out, "_reports")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
@@ -88,8 +89,11 @@ def test_sigkill_with_output_in_s3_then_resume(s3_store, s3_data, tmp_path):
             break
         time.sleep(0.1)
     assert process.poll() is None, "the job finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
+    # SIGKILL the driver and its workers together: a worker that outlived the driver by a moment could
+    # otherwise finish one more shard after the count below, and the rerun would rightly reuse it too.
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+    time.sleep(1)
     finished = len(storage.list_dir(reports, storage_options=s3_store.storage_options))
     assert not storage.exists(storage.join(out, "manifest.json"), storage_options=s3_store.storage_options)
     storage.write_atomic(storage.join(out, "part-00004.parquet.tmp-1-dead"), b"half", storage_options=s3_store.storage_options)
